@@ -1,0 +1,31 @@
+"""fxopt: graph-based compiler passes for PyTorch models.
+
+Capture a model as a torch.fx graph, find its zero-invariant channel groups, and remove them physically.
+
+Example:
+    >>> import fxopt, torch, torchvision
+    >>> model = torchvision.models.resnet18().eval()
+    >>> analysis = fxopt.analyze(model, torch.randn(1, 3, 64, 64))
+    >>> print(analysis.summary())
+"""
+
+from fxopt import ops  # noqa: F401  (registers the op rules)
+from fxopt.analysis.analysis import Analysis, analyze
+from fxopt.analysis.groups import FrozenGroup, Group, Member
+from fxopt.errors import AnalysisError, FxoptError, PruneError, TraceError
+from fxopt.removal import prune_groups
+from fxopt.trace import trace
+
+__all__ = [
+    "Analysis",
+    "AnalysisError",
+    "FrozenGroup",
+    "FxoptError",
+    "Group",
+    "Member",
+    "PruneError",
+    "TraceError",
+    "analyze",
+    "prune_groups",
+    "trace",
+]

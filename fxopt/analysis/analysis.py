@@ -1,0 +1,209 @@
+"""``fxopt.analyze``: trace a model, apply the op rules, and build its zero-invariant groups."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.fx as fx
+
+from fxopt.analysis.facts import Barrier, Facts
+from fxopt.analysis.groups import AxisIndex, FrozenGroup, Group, Member, ZeroPropagation, build_units
+from fxopt.analysis.parts import ElementLink, resolve_parts
+from fxopt.ops.registry import REGISTRY, OpRegistry
+from fxopt.ops.view import PARAM_PREFIX, output_refs
+from fxopt.trace import Frontend, trace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Analysis:
+    """The result of ``fxopt.analyze``: groups, frozen dims and the facts behind them.
+
+    Attributes:
+        gm: the traced graph module the groups refer to.
+        example_inputs: the inputs used to trace (kept to re-check shapes after pruning).
+        groups: prunable groups, exact or approximate.
+        frozen: units that may not be pruned, with the node responsible and the reason.
+        barriers: nodes without a channel rule (each froze every dim it touches).
+        facts: the raw facts (dimension table, zero rules, sinks) for advanced use.
+    """
+
+    gm: fx.GraphModule
+    example_inputs: tuple[Any, ...]
+    groups: list[Group]
+    frozen: list[FrozenGroup]
+    barriers: list[Barrier]
+    facts: Facts
+    links: list[ElementLink]
+    axes: AxisIndex
+    registry: OpRegistry = field(default=REGISTRY)
+
+    def group(self, group_id: str) -> Group:
+        """The group with ``group_id``; KeyError lists a few valid ids."""
+        for g in self.groups:
+            if g.id == group_id:
+                return g
+        raise KeyError(f"no group {group_id!r}; groups include {[g.id for g in self.groups[:5]]}")
+
+    @cached_property
+    def channel_graph(self) -> nx.Graph:
+        """Bipartite networkx graph: atomic channel classes linked to the tensor axes they make up."""
+        g = nx.Graph()
+        for (key, dim), atoms in self.axes.atoms.items():
+            g.add_node(("axis", key, dim), kind="axis")
+            for a in atoms:
+                g.add_node(("class", a), kind="class", size=self.facts.table.size[a],
+                           frozen=self.facts.table.frozen_reason(a))
+                g.add_edge(("axis", key, dim), ("class", a))
+        for link in self.links:
+            g.add_edge(("class", link.big), ("class", link.small), start=link.start, length=link.length)
+        return g
+
+    def summary(self) -> str:
+        """A few lines: group counts, exactness, prunable parameters, barriers."""
+        exact = sum(g.exact for g in self.groups)
+        units = sum(g.size for g in self.groups)
+        lines = [
+            f"{len(self.groups)} groups ({exact} exact, {len(self.groups) - exact} approximate), {units} units",
+            f"{len(self.frozen)} frozen groups, {len(self.barriers)} nodes without a rule",
+        ]
+        by_gran: dict[str, int] = defaultdict(int)
+        for g in self.groups:
+            by_gran[g.granularity] += 1
+        lines.append("granularity: " + ", ".join(f"{k} {v}" for k, v in sorted(by_gran.items())))
+        for b in self.barriers[:10]:
+            lines.append(f"  barrier {b.node.name} ({b.op}): {b.reason}. {b.hint}")
+        return "\n".join(lines)
+
+
+def collect_facts(gm: fx.GraphModule, registry: OpRegistry = REGISTRY) -> Facts:
+    """Run every node's channel rule; unknown ops and failing rules become barriers."""
+    facts = Facts()
+    for node in gm.graph.nodes:
+        facts.node = node
+        if node.op == "placeholder":
+            for t in output_refs(node):
+                for a in t.axes():
+                    facts.freeze(a, f"dim of graph input {node.name}")
+        elif node.op == "output":
+            for src in node.all_input_nodes:
+                for t in output_refs(src):
+                    for a in t.axes():
+                        facts.freeze(a, f"dim of graph output {src.name}")
+        elif node.op in ("call_module", "call_function", "call_method"):
+            view = registry.view(node, gm)
+            rule = registry.rules.get(view.kind)
+            if rule is None:
+                facts.barrier(view, f"no channel rule for {_describe(node)}",
+                              "register one with fxopt.ops.REGISTRY.register_ops/rule")
+                continue
+            try:
+                rule(view, facts)
+            except Exception as exc:  # a rule that cannot read this node's arguments must not stop the analysis
+                log.debug("rule %s failed on %s", view.kind, node.name, exc_info=True)
+                facts.barrier(view, f"rule '{view.kind}' could not handle {node.name}: {exc}",
+                              "report this node's arguments; the rule needs extending")
+    facts.node = None
+    return facts
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target}"
+    target = node.target
+    return f"{node.op} {getattr(target, '__name__', target)}"
+
+
+def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), registry: OpRegistry = REGISTRY) -> Analysis:
+    """Analyse an already traced GraphModule (``node.meta["val"]`` must hold fake tensors)."""
+    facts = collect_facts(gm, registry)
+    links = resolve_parts(facts)
+    axes = AxisIndex(facts)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    zeros = ZeroPropagation(facts, axes, order)
+    table = facts.table
+    param_axes_by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for c, keys in axes.by_class.items():
+        param_axes_by_class[c] = [k for k in keys if k[0].startswith(PARAM_PREFIX)]
+    tag_by_class: dict[int, str] = {}
+    for axis, tag in facts.tags:
+        for a in axes.of(axis):
+            tag_by_class.setdefault(a, tag)
+    groups: list[Group] = []
+    frozen: list[FrozenGroup] = []
+    used_ids: set[str] = set()
+    for classes, index in build_units(facts, links, axes):
+        keys = sorted({k for c in classes for k in param_axes_by_class.get(c, ())},
+                      key=lambda k: (facts.vars[k], k))
+        if not keys:
+            continue
+        members = tuple(
+            Member(k[0][len(PARAM_PREFIX):], k[1], "producer" if k in zeros.producers else "consumer") for k in keys
+        )
+        first = next((m for m in members if m.role == "producer"), members[0])
+        first_atoms = axes.of((PARAM_PREFIX + first.qualname, first.dim))
+        gid = f"{first.qualname}/{first.dim}"
+        if len(first_atoms) > 1:
+            gid += f".{next((i for i, a in enumerate(first_atoms) if a in classes), 0)}"
+        while gid in used_ids:
+            gid += "'"
+        used_ids.add(gid)
+        size = len(next(iter(index.values())))
+        reasons = [table.frozen_reason(c) for c in classes]
+        reason = next((r for r in reasons if r is not None), None)
+        if reason is not None:
+            site = next((facts.freeze_sites.get(c) for c in classes if c in facts.freeze_sites), None)
+            frozen.append(FrozenGroup(gid, size, reason, site.name if site is not None else None, members))
+            continue
+        exact, why, sink_names = zeros.check(classes)
+        width = _width(table, first_atoms, classes, index)
+        gran = next((tag_by_class[c] for c in classes if c in tag_by_class), "channel" if width == 1 else "block")
+        groups.append(Group(gid, size, width, gran, classes, index, members, exact, why, sink_names))
+    barriers = facts.barriers
+    return Analysis(gm, tuple(example_inputs), groups, frozen, barriers, facts, links, axes, registry)
+
+
+def _width(table: Any, atoms: tuple[int, ...], classes: tuple[int, ...], index: dict[int, np.ndarray]) -> int:
+    per_unit = 1
+    for a in atoms:
+        if a in index:
+            per_unit *= index[a].shape[1]
+        else:
+            per_unit *= table.size[a]
+    return per_unit
+
+
+def analyze(model: torch.nn.Module | fx.GraphModule, example_inputs: Any, frontend: Frontend = "auto",
+            registry: OpRegistry = REGISTRY) -> Analysis:
+    """Trace ``model`` and find its zero-invariant groups.
+
+    Args:
+        model: an ``nn.Module`` (traced with ``fxopt.trace``) or a GraphModule from ``fxopt.trace``.
+        example_inputs: a tensor or tuple of positional inputs.
+        frontend: passed to ``fxopt.trace``.
+        registry: the op registry to use (defaults to fxopt's).
+
+    Returns:
+        An Analysis; ``analysis.summary()`` gives an overview, ``analysis.groups`` the prunable groups.
+
+    Example:
+        >>> a = fxopt.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+        >>> print(a.summary())
+    """
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if isinstance(model, fx.GraphModule) and "fxopt" in model.meta:
+        gm = model
+    else:
+        gm = trace(model, inputs, frontend)
+    flat, _ = torch.utils._pytree.tree_flatten(inputs)
+    n_ph = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    return analyze_graph(gm, flat if len(flat) == n_ph else inputs, registry)

@@ -1,0 +1,215 @@
+"""Zero-invariant groups: the prunable units of a graph, grouped by shared structure, with exactness.
+
+A *unit* is the smallest set of channels that must be removed together: the elements of atomic dimension
+classes tied by element links (a concat's output channel and the branch channel it copies; the two halves of a
+rotary pair). Units touching the same classes the same number of times form a *group*, and one pruning choice
+(a list of unit indices) applies to every member through the group's index maps.
+
+A group is *exact* (zero-invariant, OTO's ZIG) when zeroing its producer slices makes the channel zero at every
+place the graph reduces it away, and each such place is a sum (linear/conv inputs, contractions, sums). Zero
+status is propagated forward through the zero rules the op rules stated; the first place where it fails is the
+reason given for ``exact=False``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch.fx as fx
+
+from fxopt.analysis.facts import Facts, Sink, ZeroRule
+from fxopt.analysis.parts import ElementLink
+from fxopt.ops.view import PARAM_PREFIX, Axis
+
+
+@dataclass(frozen=True)
+class Member:
+    """One parameter axis in a group: the slices ``indices(units)`` of ``qualname`` along ``dim``."""
+
+    qualname: str
+    dim: int
+    role: str  # "producer" (zeroing it zeroes the channel) or "consumer"
+
+
+@dataclass(eq=False)
+class Group:
+    """A zero-invariant group (or an approximate one, ``exact=False``).
+
+    Attributes:
+        id: stable readable id: the first producer parameter and dim, plus the factor for split axes.
+        size: number of units that may be removed.
+        width: channels per unit along the first producer axis (1 for channels, head_dim for heads).
+        granularity: ``"channel"``, ``"head"``, ``"head_dim"`` or ``"block"``.
+        classes: the atomic dimension classes the units live in.
+        index: per class, a ``(size, k)`` array: the class elements of each unit.
+        members: parameter slices removed with each unit.
+        exact: whether zeroing the producers makes removal output-preserving.
+        reason: why not exact.
+    """
+
+    id: str
+    size: int
+    width: int
+    granularity: str
+    classes: tuple[int, ...]
+    index: dict[int, np.ndarray]
+    members: tuple[Member, ...]
+    exact: bool
+    reason: str | None = None
+    nodes: tuple[str, ...] = field(default=())
+
+    def __repr__(self) -> str:
+        flag = "exact" if self.exact else f"approximate: {self.reason}"
+        return f"Group({self.id!r}, size={self.size}, {self.granularity}, {len(self.members)} members, {flag})"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@dataclass(frozen=True)
+class FrozenGroup:
+    """Units that may not be pruned: the dims, the node that froze them and why."""
+
+    id: str
+    size: int
+    reason: str
+    node: str | None
+    members: tuple[Member, ...]
+
+
+class AxisIndex:
+    """Atoms of every axis, and the reverse map from atomic class to axes, computed once."""
+
+    def __init__(self, facts: Facts) -> None:
+        table = facts.table
+        self.atoms: dict[tuple[str, int], tuple[int, ...]] = {}
+        self.by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for key, var in facts.vars.items():
+            atoms = tuple(table.atoms(var))
+            self.atoms[key] = atoms
+            for a in set(atoms):
+                self.by_class[a].append(key)
+
+    def of(self, axis: Axis | tuple[str, int]) -> tuple[int, ...]:
+        """Atomic classes of an axis (empty for unknown or size-1 axes)."""
+        key = (axis.key, axis.dim) if isinstance(axis, Axis) else axis
+        return self.atoms.get(key, ())
+
+
+def build_units(facts: Facts, links: list[ElementLink], axes: AxisIndex) -> list[tuple[tuple[int, ...], dict[int, np.ndarray]]]:
+    """Units grouped by signature: ``(classes, index per class)`` for each group, deterministic order."""
+    table = facts.table
+    classes = sorted(axes.by_class)
+    linked = sorted({c for link in links for c in (link.big, link.small)})
+    base: dict[int, int] = {}
+    total = 0
+    for c in linked:
+        base[c] = total
+        total += table.size[c]
+    parent = np.arange(total)
+
+    def find(x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for link in links:
+        b0, s0 = base[link.big] + link.start, base[link.small]
+        for i in range(link.length):
+            ra, rb = find(b0 + i), find(s0 + i)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    owner = np.empty(total, dtype=np.int64)
+    offset = np.empty(total, dtype=np.int64)
+    for c in linked:
+        owner[base[c] : base[c] + table.size[c]] = c
+        offset[base[c] : base[c] + table.size[c]] = np.arange(table.size[c])
+    components: dict[int, list[int]] = defaultdict(list)
+    for e in range(total):
+        components[find(e)].append(e)
+    buckets: dict[tuple[tuple[int, int], ...], list[list[int]]] = defaultdict(list)
+    for elems in components.values():
+        count: dict[int, int] = defaultdict(int)
+        for e in elems:
+            count[int(owner[e])] += 1
+        buckets[tuple(sorted(count.items()))].append(elems)
+    out: list[tuple[tuple[int, ...], dict[int, np.ndarray]]] = []
+    for signature, units in buckets.items():
+        units.sort(key=lambda es: min(es))
+        index = {
+            c: np.array([sorted(int(offset[e]) for e in es if owner[e] == c) for es in units], dtype=np.int64)
+            for c, _ in signature
+        }
+        out.append((tuple(c for c, _ in signature), index))
+    linked_set = set(linked)
+    for c in classes:
+        if c not in linked_set:
+            out.append(((c,), {c: np.arange(table.size[c], dtype=np.int64)[:, None]}))
+    return out
+
+
+class ZeroPropagation:
+    """Evaluates, group by group, whether zeroed producers make every sink see zeros."""
+
+    def __init__(self, facts: Facts, axes: AxisIndex, order: dict[fx.Node, int]) -> None:
+        self.axes = axes
+        self.rules_by_class: dict[int, list[ZeroRule]] = defaultdict(list)
+        self.sinks_by_class: dict[int, list[Sink]] = defaultdict(list)
+        self.producers: set[tuple[str, int]] = set()
+        self.order = order
+        for rule in facts.zero_rules:
+            for c in set(axes.of(rule.out)):
+                self.rules_by_class[c].append(rule)
+            for s in rule.sources:
+                if s is not None and s.key.startswith(PARAM_PREFIX):
+                    self.producers.add((s.key, s.dim))
+        for sink in facts.sinks:
+            for c in set(axes.of(sink.axis)):
+                self.sinks_by_class[c].append(sink)
+
+    def check(self, classes: Iterable[int]) -> tuple[bool, str | None, tuple[str, ...]]:
+        """``(exact, reason, sink node names)`` for the group living in ``classes``."""
+        cls = set(classes)
+        rules = {id(r): r for c in cls for r in self.rules_by_class.get(c, ())}
+        sinks = {id(s): s for c in cls for s in self.sinks_by_class.get(c, ())}
+        zero: dict[tuple[str, int], bool] = {}
+        why: dict[tuple[str, int], str] = {}
+
+        def touches(a: Axis) -> bool:
+            return not cls.isdisjoint(self.axes.of(a))
+
+        def status(a: Axis) -> bool:
+            k = (a.key, a.dim)
+            if k in zero:
+                return zero[k]
+            return k in self.producers
+
+        for rule in sorted(rules.values(), key=lambda r: self.order.get(r.node, 0)):
+            touching = [s for s in rule.sources if s is not None and touches(s)]
+            if rule.mode == "all":
+                ok = bool(touching) and None not in rule.sources and all(status(s) for s in touching)
+            else:
+                ok = any(status(s) for s in touching)
+            k = (rule.out.key, rule.out.dim)
+            if k in zero and zero[k] and not ok:
+                continue  # another rule of the same node already proved it zero
+            zero[k] = ok
+            if not ok:
+                why[k] = f"channel is not zero after {rule.node.name}"
+        names = tuple(sorted({s.node.name for s in sinks.values()}))
+        for sink in sorted(sinks.values(), key=lambda s: self.order.get(s.node, 0)):
+            if not sink.exact:
+                return False, sink.reason, names
+            if not (status(sink.axis) or any(status(a) for a in sink.alternatives if touches(a))):
+                k = (sink.axis.key, sink.axis.dim)
+                reason = why.get(k, f"nothing zeroes the channel before {sink.node.name}")
+                return False, f"{reason} (read by {sink.node.name})", names
+        if not sinks:
+            return True, None, names
+        return True, None, names

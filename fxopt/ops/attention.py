@@ -1,0 +1,189 @@
+"""Attention and matrix products: matmul/bmm/einsum, scaled_dot_product_attention, nn.MultiheadAttention.
+
+Matrix products couple batch dims by broadcasting and sum over the contracted dim (an exact sink: a zero on
+either side contributes nothing). ``scaled_dot_product_attention`` couples heads across q, k, v and the output;
+with grouped-query attention the query heads are ``kv_heads x repeats``, so query heads follow their KV head.
+An attention head of the output is zero when the value head is.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fxopt.analysis.facts import Facts
+from fxopt.ops.forms import aten_ops, bind, function_form, methods, register
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, param_ref, ref_of
+
+
+def _matmul_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    b = bind(node, ["input", "other"])
+    return OpView(node, kind, (ref_of(b.get("input")), ref_of(b.get("other"))), {}, {}, output_refs(node))
+
+
+register("matmul", [torch.matmul, operator.matmul, torch.bmm, torch.mm] + methods("matmul", "bmm", "mm")
+         + aten_ops("matmul", "bmm", "mm"), _matmul_form)
+
+
+def couple_batch(out: TensorRef, a: TensorRef, b: TensorRef, facts: Facts, out_batch: int) -> None:
+    """Couple the broadcast batch dims of a matrix product; output batch zero if either side is."""
+    for d in range(out_batch):
+        back = out.ndim - d
+        srcs: list[Axis] = []
+        for t in (a, b):
+            td = t.ndim - back
+            if td >= 0 and t.shape[td] == out.shape[d] and out.shape[d] != 1:
+                facts.same(t.axis(td), out.axis(d))
+                srcs.append(t.axis(td))
+        facts.zero(out.axis(d), "any", srcs)
+
+
+@REGISTRY.rule("matmul")
+def matmul_rule(view: OpView, facts: Facts) -> None:
+    """a @ b: batch dims broadcast, a's last dim contracts with b's second-to-last (exact sink)."""
+    a, b = view.inputs
+    out = view.out
+    if a is None or b is None or a.ndim < 2 or b.ndim < 2:
+        facts.barrier(view, "matmul with a vector operand", "unsqueeze to a matrix first")
+        return
+    facts.same(a.axis(-1), b.axis(-2))
+    facts.sink(a.axis(-1), True, f"{view.node.name} contracts this dim", alternatives=[b.axis(-2)])
+    facts.same(out.axis(-2), a.axis(-2))
+    facts.zero(out.axis(-2), "any", [a.axis(-2)])
+    facts.same(out.axis(-1), b.axis(-1))
+    facts.zero(out.axis(-1), "any", [b.axis(-1)])
+    couple_batch(out, a, b, facts, out.ndim - 2)
+
+
+def _einsum_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    eq = node.args[0]
+    ops = node.args[1:]
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = ops[0]
+    return OpView(node, kind, tuple(ref_of(o) for o in ops), {}, {"equation": eq}, output_refs(node))
+
+
+register("einsum", [torch.einsum] + aten_ops("einsum"), _einsum_form)
+
+
+@REGISTRY.rule("einsum")
+def einsum_rule(view: OpView, facts: Facts) -> None:
+    """einsum: dims sharing a letter are coupled; letters missing from the output are exact sinks."""
+    eq = str(view.attrs["equation"]).replace(" ", "")
+    if "..." in eq or "->" not in eq:
+        facts.barrier(view, "einsum with ellipsis or implicit output", "write the output subscripts explicitly")
+        return
+    lhs, rhs = eq.split("->")
+    specs = lhs.split(",")
+    if len(specs) != len(view.inputs) or any(t is None for t in view.inputs):
+        facts.barrier(view, "einsum operands do not match the equation", "")
+        return
+    out = view.out
+    by_letter: dict[str, list[Axis]] = {}
+    for spec, t in zip(specs, view.inputs):
+        assert t is not None
+        for d, letter in enumerate(spec):
+            by_letter.setdefault(letter, []).append(t.axis(d))
+    for letter, axes in by_letter.items():
+        axes = [a for a in axes if a.size != 1]
+        for a in axes[1:]:
+            facts.same(axes[0], a)
+        if letter in rhs:
+            o = out.axis(rhs.index(letter))
+            if axes:
+                facts.same(o, axes[0])
+            facts.zero(o, "any", axes)
+        elif axes:
+            facts.sink(axes[0], True, f"{view.node.name} contracts this dim", alternatives=axes[1:])
+
+
+def _sdpa_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    b = bind(node, ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"])
+    return OpView(node, kind, (ref_of(b["query"]), ref_of(b["key"]), ref_of(b["value"]), ref_of(b.get("attn_mask"))),
+                  {}, {"scale": b.get("scale"), "enable_gqa": b.get("enable_gqa", False),
+                       "_argnames": ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+                                     "enable_gqa")}, output_refs(node))
+
+
+register("sdpa", [F.scaled_dot_product_attention] + aten_ops("scaled_dot_product_attention"), _sdpa_form)
+
+
+def gqa_axis(view: OpView, repeats: int) -> Axis:
+    """The synthetic axis of the query heads sharing one KV head."""
+    return Axis(f"{view.node.name}:gqa", 0, repeats)
+
+
+@REGISTRY.rule("sdpa")
+def sdpa_rule(view: OpView, facts: Facts) -> None:
+    """SDPA: heads coupled across q/k/v/out (GQA: q heads = kv heads x repeats); q.k contracts head_dim."""
+    q, k, v, mask = view.inputs
+    out = view.out
+    assert q is not None and k is not None and v is not None
+    nb = q.ndim - 3
+    for d in range(nb):
+        for t in (k, v):
+            if t.ndim == q.ndim and t.shape[d] == q.shape[d]:
+                facts.same(t.axis(d), q.axis(d))
+        facts.same(out.axis(d), q.axis(d))
+    if q.ndim >= 4:
+        hq, hk = q.axis(-3), k.axis(-3)
+        facts.same(k.axis(-3), v.axis(-3))
+        if hq.size == hk.size:
+            facts.same(hq, hk)
+        elif hq.size % hk.size == 0:
+            facts.product([hq], [hk, gqa_axis(view, hq.size // hk.size)])
+        facts.tag(hq, "head")
+        facts.tag(hk, "head")
+        facts.zero(out.axis(-3), "any", [v.axis(-3)])
+    for d in range(nb - (1 if q.ndim >= 4 else 0)):
+        facts.zero(out.axis(d), "any", [v.axis(d)])
+    facts.same(q.axis(-1), k.axis(-1))
+    facts.sink(q.axis(-1), True, f"{view.node.name} contracts head_dim in q.k", alternatives=[k.axis(-1)])
+    facts.tag(q.axis(-1), "head_dim")
+    facts.same(k.axis(-2), v.axis(-2))
+    facts.sink(k.axis(-2), False, f"{view.node.name} normalizes attention over keys")
+    facts.same(out.axis(-2), q.axis(-2))
+    facts.same(out.axis(-1), v.axis(-1))
+    facts.tag(v.axis(-1), "head_dim")
+    facts.zero(out.axis(-1), "any", [v.axis(-1)])
+    if mask is not None:
+        for d in range(1, mask.ndim + 1):
+            m = mask.axis(-d)
+            if d <= out.ndim and m.size == out.shape[-d] and m.size != 1:
+                facts.same(m, out.axis(-d))
+
+
+@REGISTRY.rewriter("sdpa")
+def sdpa_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Pin the softmax scale to the original 1/sqrt(head_dim) when head_dim shrinks."""
+    q = view.inputs[0]
+    assert q is not None
+    if view.attrs.get("scale") is None and resizer.changed(q.axis(-1)):
+        view.node.kwargs = {**view.node.kwargs, "scale": q.shape[-1] ** -0.5}
+        resizer.touched(view.node)
+
+
+def _mha_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    path = str(node.target)
+    m = gm.get_submodule(path)
+    b = bind(node, ["query", "key", "value"])
+    params = {n: param_ref(path, n, getattr(m, n, None)) for n in ("in_proj_weight", "in_proj_bias")}
+    params["out_weight"] = param_ref(f"{path}.out_proj", "weight", m.out_proj.weight)
+    params["out_bias"] = param_ref(f"{path}.out_proj", "bias", m.out_proj.bias)
+    return OpView(node, kind, (ref_of(b["query"]), ref_of(b["key"]), ref_of(b["value"])), params,
+                  {"num_heads": m.num_heads, "batch_first": m.batch_first}, output_refs(node), m)
+
+
+register("mha", [nn.MultiheadAttention], _mha_form)
+
+
+@REGISTRY.rule("mha")
+def mha_rule(view: OpView, facts: Facts) -> None:
+    """nn.MultiheadAttention as a leaf: it ties embed_dim to heads x head_dim, so every dim it touches is frozen."""
+    facts.barrier(view, "nn.MultiheadAttention requires num_heads * head_dim == embed_dim",
+                  "trace with frontend='export' to decompose it into prunable linear + attention ops")

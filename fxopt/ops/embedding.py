@@ -1,0 +1,45 @@
+"""Embedding lookups: the embedding dim is a channel produced by the table's columns; the vocabulary is frozen."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fxopt.analysis.facts import Facts
+from fxopt.ops.forms import aten_ops, bind, register
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import OpView, output_refs, param_ref, ref_of
+
+
+def _embedding_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return OpView(node, kind, (ref_of(node.args[0]),), {"weight": param_ref(str(node.target), "weight", m.weight)},
+                      {}, output_refs(node), m)
+    if node.target is F.embedding:
+        b = bind(node, ["input", "weight"])
+    else:
+        b = bind(node, ["weight", "input"])
+    return OpView(node, kind, (ref_of(b.get("input")),), {"weight": ref_of(b.get("weight"))}, {}, output_refs(node))
+
+
+register("embedding", [nn.Embedding, F.embedding] + aten_ops("embedding"), _embedding_form)
+
+
+@REGISTRY.rule("embedding")
+def embedding_rule(view: OpView, facts: Facts) -> None:
+    """Embedding: output's last dim is the table's dim 1 (zero when those columns are); ids dims pass through."""
+    ids, out, w = view.inputs[0], view.out, view.params["weight"]
+    assert ids is not None and w is not None
+    for d in range(ids.ndim):
+        facts.same(ids.axis(d), out.axis(d))
+    facts.freeze(w.axis(0), "vocabulary dim of an embedding table")
+    facts.same(out.axis(-1), w.axis(1))
+    facts.zero(out.axis(-1), "all", [w.axis(1)])
+
+
+@REGISTRY.rewriter("embedding")
+def embedding_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Keep ``embedding_dim`` in step with the sliced table."""
+    if view.module is not None:
+        view.module.embedding_dim = view.module.weight.shape[1]

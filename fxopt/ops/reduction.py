@@ -1,0 +1,122 @@
+"""Reductions and normalizing maps over a dim: sum, mean, max, var, norm, softmax, cumsum, argmax, topk.
+
+A reduced dim is a sink: exact for sums (zero channels add nothing), not exact for statistics whose result
+depends on how many channels there are (mean, variance, softmax, max).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fxopt.analysis.facts import Facts
+from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import OpView, output_refs, ref_of
+
+EXACT_REDUCTIONS = {"sum", "nansum"}
+REDUCTIONS = ["sum", "nansum", "mean", "nanmean", "amax", "amin", "var", "std", "norm", "logsumexp", "prod",
+              "argmax", "argmin", "all", "any", "var_mean", "std_mean", "max", "min", "median", "linalg_vector_norm"]
+
+
+def _reduce_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    b = bind(node, ["input", "dim", "keepdim"])
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    dim = b.get("dim")
+    if name in ("norm", "linalg_vector_norm") and "p" not in node.kwargs and len(node.args) > 1:
+        b = bind(node, ["input", "p", "dim", "keepdim"])
+        dim = b.get("dim")
+    if isinstance(dim, str) or (dim is not None and not isinstance(dim, (int, list, tuple))):
+        dim = "unsupported"
+    return OpView(node, kind, (ref_of(b.get("input")),), {},
+                  {"dim": dim, "keepdim": bool(b.get("keepdim", False)), "op": name}, output_refs(node))
+
+
+register("reduce", [getattr(torch, n) for n in REDUCTIONS if hasattr(torch, n)] + methods(*REDUCTIONS)
+         + aten_ops(*REDUCTIONS), _reduce_form)
+
+
+@REGISTRY.rule("reduce")
+def reduce_rule(view: OpView, facts: Facts) -> None:
+    """Reduction over dims: reduced dims are sinks (exact for sums), kept dims pass through."""
+    x = view.inputs[0]
+    assert x is not None
+    op = view.attrs["op"]
+    if view.attrs["dim"] == "unsupported":
+        facts.barrier(view, f"{op} with a non-integer dim", "pass integer dims")
+        return
+    dims = {d % x.ndim for d in int_list(view.attrs["dim"])} if view.attrs["dim"] is not None else set(range(x.ndim))
+    if op in ("max", "min", "median") and view.attrs["dim"] is None:
+        dims = set(range(x.ndim))
+    keep = view.attrs["keepdim"]
+    for d in sorted(dims):
+        exact = op in EXACT_REDUCTIONS
+        facts.sink(x.axis(d), exact, f"{view.node.name} takes the {op} over this dim"
+                   + ("" if exact else ": removing channels changes the result"))
+    for out in view.outputs:
+        j = 0
+        for d in range(x.ndim):
+            if d in dims:
+                j += 1 if keep else 0
+                continue
+            if j < out.ndim and out.shape[j] == x.shape[d]:
+                facts.same(out.axis(j), x.axis(d))
+                if op not in ("argmax", "argmin", "logsumexp", "all", "any"):
+                    facts.zero(out.axis(j), "all", [x.axis(d)])
+            j += 1
+
+
+def _softmax_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return OpView(node, kind, (ref_of(node.args[0]),), {}, {"dim": m.dim}, output_refs(node), m)
+    b = bind(node, ["input", "dim"])
+    return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim")}, output_refs(node))
+
+
+register("softmax", [nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
+                     torch.cumsum, torch.cumprod, torch.logcumsumexp]
+         + methods("softmax", "log_softmax", "cumsum", "cumprod")
+         + aten_ops("softmax", "_softmax", "log_softmax", "_log_softmax", "cumsum", "cumprod", "_safe_softmax"),
+         _softmax_form)
+
+
+@REGISTRY.rule("softmax")
+def softmax_rule(view: OpView, facts: Facts) -> None:
+    """softmax/cumsum along a dim: that dim mixes its channels (inexact sink); other dims are coupled."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    if view.attrs.get("dim") is None:
+        facts.barrier(view, "softmax without dim", "pass dim explicitly")
+        return
+    dim = int(view.attrs["dim"]) % x.ndim
+    for d in range(x.ndim):
+        facts.same(out.axis(d), x.axis(d))
+    facts.sink(x.axis(dim), False, f"{view.node.name} normalizes along this dim")
+
+
+def _topk_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    names = ["input", "k", "dim"] if name == "topk" else ["input", "dim"]
+    b = bind(node, names)
+    return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", -1)}, output_refs(node))
+
+
+register("sort", [torch.topk, torch.sort, torch.argsort] + methods("topk", "sort", "argsort")
+         + aten_ops("topk", "sort", "argsort"), _topk_form)
+
+
+@REGISTRY.rule("sort")
+def sort_rule(view: OpView, facts: Facts) -> None:
+    """topk/sort: the sorted dim is frozen; other dims are coupled."""
+    x = view.inputs[0]
+    assert x is not None
+    dim = int(view.attrs["dim"] if view.attrs["dim"] is not None else -1) % x.ndim
+    facts.freeze(x.axis(dim), f"{view.node.name} reorders this dim")
+    for out in view.outputs:
+        for d in range(x.ndim):
+            if d == dim:
+                facts.freeze(out.axis(d), f"{view.node.name} reorders this dim")
+            else:
+                facts.same(out.axis(d), x.axis(d))

@@ -1,0 +1,118 @@
+"""The op registry: which op objects form which kind, and the channel rule and rewriter of each kind.
+
+Rules are registered on the real op objects (module classes, functions, ATen overload packets, Tensor
+methods), never on strings. ``scoped()`` gives tests a private copy to extend and throws it away afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from fxopt.ops.view import OpView, output_refs
+
+if TYPE_CHECKING:
+    from fxopt.analysis.facts import Facts
+    from fxopt.removal import Resizer
+
+Normalizer = Callable[[fx.Node, fx.GraphModule, str], OpView]
+ChannelRule = Callable[[OpView, "Facts"], None]
+Rewriter = Callable[[OpView, "Resizer"], None]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """How one op object is normalized into an OpView of a kind."""
+
+    kind: str
+    normalize: Normalizer
+
+
+class OpRegistry:
+    """Maps op objects to kinds, and kinds to channel rules and rewriters."""
+
+    def __init__(self) -> None:
+        self.ops: dict[Any, OpSpec] = {}
+        self.rules: dict[str, ChannelRule] = {}
+        self.rewriters: dict[str, Rewriter] = {}
+        self.docs: dict[str, str] = {}
+
+    def register_ops(self, kind: str, ops: Iterable[Any], normalize: Normalizer) -> None:
+        """Declare that each op object in ``ops`` computes ``kind``, normalized by ``normalize``."""
+        for op in ops:
+            if op is None:
+                continue
+            self.ops[_op_key(op)] = OpSpec(kind, normalize)
+
+    def rule(self, *kinds: str) -> Callable[[ChannelRule], ChannelRule]:
+        """Decorator registering the channel rule for ``kinds``."""
+
+        def deco(fn: ChannelRule) -> ChannelRule:
+            for kind in kinds:
+                self.rules[kind] = fn
+                self.docs[kind] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+            return fn
+
+        return deco
+
+    def rewriter(self, *kinds: str) -> Callable[[Rewriter], Rewriter]:
+        """Decorator registering the function that fixes a node of ``kinds`` after channels are removed."""
+
+        def deco(fn: Rewriter) -> Rewriter:
+            for kind in kinds:
+                self.rewriters[kind] = fn
+            return fn
+
+        return deco
+
+    def spec_for(self, node: fx.Node, gm: fx.GraphModule) -> OpSpec | None:
+        """The OpSpec of a call node, or ``None`` if its op is unknown."""
+        if node.op == "call_module":
+            return self.ops.get(type(gm.get_submodule(str(node.target))))
+        if node.op == "call_function":
+            target = node.target
+            spec = self.ops.get(_op_key(target))
+            if spec is None and isinstance(target, torch._ops.OpOverload):
+                spec = self.ops.get(target.overloadpacket)
+            return spec
+        if node.op == "call_method":
+            return self.ops.get(_op_key(getattr(torch.Tensor, str(node.target), None)))
+        return None
+
+    def view(self, node: fx.Node, gm: fx.GraphModule) -> OpView:
+        """Normalize ``node``; unknown ops get kind ``"unknown"`` with their tensor arguments as inputs."""
+        spec = self.spec_for(node, gm)
+        if spec is None:
+            return unknown_view(node)
+        return spec.normalize(node, gm, spec.kind)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[OpRegistry]:
+        """Context in which registrations are private; everything registered inside is dropped at exit."""
+        saved = (dict(self.ops), dict(self.rules), dict(self.rewriters), dict(self.docs))
+        try:
+            yield self
+        finally:
+            self.ops, self.rules, self.rewriters, self.docs = saved
+
+
+def _op_key(op: Any) -> Any:
+    return op
+
+
+def unknown_view(node: fx.Node) -> OpView:
+    """OpView for an op without a registered rule: every tensor argument is an input."""
+    from fxopt.ops.view import ref_of
+
+    flat = [a for a in node.all_input_nodes]
+    inputs = tuple(r for r in (ref_of(a) for a in flat) if r is not None)
+    return OpView(node, "unknown", inputs, outputs=output_refs(node))
+
+
+REGISTRY = OpRegistry()
+"""The process-wide registry that fxopt's own rules populate; use ``REGISTRY.scoped()`` in tests."""

@@ -1,0 +1,576 @@
+"""Shape ops: reshape family, permutes, expand/repeat, indexing and slicing, size reads and tensor factories.
+
+Reshapes relate dims by row-major products (``512 -> 8 x 64`` makes heads and head_dim factors of the
+projection's output channels; ``C x H x W -> C*H*W`` makes a Linear's input a product with the channels in
+front). Slices relate a range of one dim to another (``part``). Rewriters put the new sizes into every
+constant that names a changed dim.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from fxopt.analysis.facts import Facts
+from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, ref_of
+
+UNBOUNDED = 2**62
+
+
+# ---------------------------------------------------------------- reshape family
+def _reshape_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return OpView(node, kind, (ref_of(node.args[0]),), {}, {}, output_refs(node), m)
+    x = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
+    return OpView(node, kind, (ref_of(x),), {}, {}, output_refs(node))
+
+
+register("reshape", [torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten, nn.Flatten,
+                     nn.Unflatten, torch.ravel]
+         + methods("view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as",
+                   "ravel", "squeeze_", "unsqueeze_")
+         + aten_ops("view", "reshape", "_unsafe_view", "flatten", "squeeze", "unsqueeze", "unflatten",
+                    "squeeze_copy", "unsqueeze_copy", "view_copy"), _reshape_form)
+
+
+def align_reshape(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of non-unit dims of ``src`` and ``dst`` with equal products; None if the totals differ."""
+    s = [d for d, n in enumerate(src) if n != 1]
+    t = [d for d, n in enumerate(dst) if n != 1]
+    chunks: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(s) and j < len(t):
+        a, b = [s[i]], [t[j]]
+        pa, pb = src[s[i]], dst[t[j]]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb:
+                if i >= len(s):
+                    return None
+                a.append(s[i])
+                pa *= src[s[i]]
+                i += 1
+            else:
+                if j >= len(t):
+                    return None
+                b.append(t[j])
+                pb *= dst[t[j]]
+                j += 1
+        chunks.append((a, b))
+    if i != len(s) or j != len(t):
+        return None
+    return chunks
+
+
+@REGISTRY.rule("reshape")
+def reshape_rule(view: OpView, facts: Facts) -> None:
+    """Reshape-like ops: dims are related by row-major products; zero passes through."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    chunks = align_reshape(x.shape, out.shape)
+    if chunks is None:
+        facts.barrier(view, f"{view.node.name} changes the number of elements", "check the traced shapes")
+        return
+    for a, b in chunks:
+        src = [x.axis(d) for d in a]
+        dst = [out.axis(d) for d in b]
+        if facts.product(src, dst):
+            for o in dst:
+                facts.zero(o, "all", src)
+
+
+def _size_args(node: fx.Node) -> tuple[list[Any], bool]:
+    """The size list of view/reshape/expand-like calls and whether it was passed as varargs."""
+    rest = list(node.args[1:])
+    if "size" in node.kwargs or "shape" in node.kwargs:
+        return list(node.kwargs.get("size", node.kwargs.get("shape"))), False
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        return list(rest[0]), False
+    return rest, True
+
+
+def rewrite_sizes(view: OpView, resizer, out: TensorRef) -> None:  # type: ignore[no-untyped-def]
+    """Replace the size entries of changed output dims by their new sizes (``-1`` entries are left alone)."""
+    node = view.node
+    sizes, varargs = _size_args(node)
+    if len(sizes) != out.ndim:
+        return
+    new = list(sizes)
+    changed = False
+    for d, s in enumerate(sizes):
+        n = resizer.new_size(out.axis(d))
+        if n != out.shape[d] and not (isinstance(s, int) and s == -1):
+            new[d] = n
+            changed = True
+    if not changed:
+        return
+    if "size" in node.kwargs or "shape" in node.kwargs:
+        key = "size" if "size" in node.kwargs else "shape"
+        node.kwargs = {**node.kwargs, key: new}
+    elif varargs:
+        node.args = (node.args[0], *new)
+    else:
+        node.args = (node.args[0], new, *node.args[2:])
+    resizer.touched(node)
+
+
+@REGISTRY.rewriter("reshape")
+def reshape_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """view/reshape: put new sizes in the target shape; flatten/squeeze need nothing; unflatten's sizes."""
+    name = _name(view.node)
+    if name in ("view", "reshape", "_unsafe_view", "view_copy"):
+        rewrite_sizes(view, resizer, view.out)
+    elif name == "unflatten":
+        x, out = view.inputs[0], view.out
+        assert x is not None
+        b = bind(view.node, ["input", "dim", "sizes"])
+        dim = int(b["dim"]) % x.ndim
+        sizes = list(b["sizes"])
+        new = [resizer.new_size(out.axis(dim + k)) if s != -1 else -1 for k, s in enumerate(sizes)]
+        if new != sizes:
+            view.node.args = (view.node.args[0], dim, new)
+            view.node.kwargs = {}
+            resizer.touched(view.node)
+    elif isinstance(view.module, nn.Unflatten):
+        out = view.out
+        dim = view.module.dim % out.ndim
+        view.module.unflattened_size = tuple(resizer.new_size(out.axis(dim + k))
+                                             for k in range(len(view.module.unflattened_size)))
+
+
+def _name(node: fx.Node) -> str:
+    t = node.target
+    if isinstance(t, str):
+        return t
+    if isinstance(t, torch._ops.OpOverload):
+        return t.overloadpacket.__name__
+    return getattr(t, "__name__", str(t))
+
+
+# ---------------------------------------------------------------- permutes
+def _permute_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    name = _name(node)
+    x = node.args[0]
+    rest = list(node.args[1:])
+    xr = ref_of(x)
+    nd = xr.ndim if xr is not None else 0
+    if name in ("permute",):
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+        if not dims:
+            dims = node.kwargs.get("dims", [])
+        perm = [int(d) % nd for d in dims]
+    elif name in ("transpose", "swapaxes", "transpose_", "swapdims"):
+        b = bind(node, ["input", "dim0", "dim1"])
+        d0, d1 = int(b["dim0"]) % nd, int(b["dim1"]) % nd
+        perm = list(range(nd))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    elif name in ("t", "numpy_T"):
+        perm = list(reversed(range(nd)))
+    elif name in ("movedim", "moveaxis"):
+        b = bind(node, ["input", "source", "destination"])
+        src, dst = int_list(b["source"]), int_list(b["destination"])
+        src = [s % nd for s in src]
+        dst = [d % nd for d in dst]
+        rest_dims = [d for d in range(nd) if d not in src]
+        perm = [-1] * nd
+        for s, d in zip(src, dst):
+            perm[d] = s
+        it = iter(rest_dims)
+        perm = [p if p >= 0 else next(it) for p in perm]
+    else:
+        perm = list(range(nd))
+    return OpView(node, kind, (xr,), {}, {"perm": perm}, output_refs(node))
+
+
+register("permute", [torch.permute, torch.transpose, torch.swapaxes, torch.t, torch.movedim, torch.moveaxis]
+         + methods("permute", "transpose", "swapaxes", "t", "movedim", "moveaxis", "transpose_", "swapdims")
+         + aten_ops("permute", "transpose", "t", "movedim", "swapaxes", "permute_copy", "transpose_copy"),
+         _permute_form)
+
+
+@REGISTRY.rule("permute")
+def permute_rule(view: OpView, facts: Facts) -> None:
+    """Permutes: output dim i is input dim perm[i]."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    for i, p in enumerate(view.attrs["perm"]):
+        facts.transfer(out.axis(i), x.axis(p))
+
+
+# ---------------------------------------------------------------- expand / repeat
+def _expand_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    x = node.args[0]
+    other = node.args[1] if len(node.args) > 1 else None
+    return OpView(node, kind, (ref_of(x), ref_of(other)), {}, {}, output_refs(node))
+
+
+register("expand", [torch.broadcast_to] + methods("expand", "expand_as", "broadcast_to")
+         + aten_ops("expand", "expand_as", "broadcast_to", "expand_copy"), _expand_form)
+
+
+@REGISTRY.rule("expand")
+def expand_rule(view: OpView, facts: Facts) -> None:
+    """expand: equal-size aligned dims pass through; broadcast dims are new, never zero-driven."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    lead = out.ndim - x.ndim
+    for d in range(x.ndim):
+        if x.shape[d] == out.shape[lead + d] and x.shape[d] != 1:
+            facts.transfer(out.axis(lead + d), x.axis(d))
+        elif x.shape[d] == 1 and out.shape[lead + d] > 1:
+            facts.tag(out.axis(lead + d), "repeat")
+
+
+@REGISTRY.rewriter("expand")
+def expand_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """expand: new sizes for changed dims."""
+    if _name(view.node) in ("expand", "broadcast_to", "expand_copy"):
+        rewrite_sizes(view, resizer, view.out)
+
+
+def _repeat_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    name = _name(node)
+    if name == "repeat_interleave":
+        b = bind(node, ["input", "repeats", "dim"])
+        return OpView(node, kind, (ref_of(b["input"]),), {}, {"repeats": b.get("repeats"), "dim": b.get("dim"),
+                                                                 "interleave": True}, output_refs(node))
+    rest = list(node.args[1:])
+    reps = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+    return OpView(node, kind, (ref_of(node.args[0]),), {}, {"repeats": list(reps), "interleave": False},
+                  output_refs(node))
+
+
+register("repeat", [torch.repeat_interleave, torch.tile] + methods("repeat", "repeat_interleave", "tile")
+         + aten_ops("repeat", "repeat_interleave", "tile"), _repeat_form)
+
+
+@REGISTRY.rule("repeat")
+def repeat_rule(view: OpView, facts: Facts) -> None:
+    """repeat tiles a dim (``out = copies x in``); repeat_interleave repeats each element (``in x copies``)."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    if view.attrs["interleave"]:
+        dim, reps = view.attrs["dim"], view.attrs["repeats"]
+        if dim is None or not isinstance(reps, int):
+            facts.barrier(view, "repeat_interleave without an int count and dim", "pass repeats=int and dim")
+            return
+        dim %= x.ndim
+        for d in range(x.ndim):
+            if d == dim:
+                copies = Axis(f"{view.node.name}:copies", 0, reps)
+                facts.tag(copies, "repeat")
+                facts.product([out.axis(d)], [x.axis(d), copies])
+                facts.zero(out.axis(d), "all", [x.axis(d)])
+            else:
+                facts.transfer(out.axis(d), x.axis(d))
+        return
+    lead = out.ndim - x.ndim
+    for d in range(out.ndim):
+        xd = d - lead
+        if xd < 0:
+            continue
+        if out.shape[d] == x.shape[xd]:
+            facts.transfer(out.axis(d), x.axis(xd))
+        else:
+            copies = Axis(f"{view.node.name}:copies{d}", 0, out.shape[d] // x.shape[xd])
+            facts.tag(copies, "repeat")
+            facts.product([out.axis(d)], [copies, x.axis(xd)])
+            facts.zero(out.axis(d), "all", [x.axis(xd)])
+
+
+# ---------------------------------------------------------------- getitem / slicing / select / index
+def _getitem_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    src, idx = node.args[0], node.args[1]
+    if isinstance(src, fx.Node) and isinstance(src.meta.get("val"), (tuple, list)) and isinstance(idx, int):
+        refs = {r.key: r for r in output_refs(src)}
+        inner = refs.get(f"{src.name}#{idx}")
+        return OpView(node, "tuple_item", (inner,), {}, {"index": idx}, output_refs(node))
+    return OpView(node, kind, (ref_of(src),), {}, {"index": idx}, output_refs(node))
+
+
+register("getitem", [operator.getitem], _getitem_form)
+
+
+@REGISTRY.rule("tuple_item")
+def tuple_item_rule(view: OpView, facts: Facts) -> None:
+    """Element of a multi-output op: the same tensor."""
+    x = view.inputs[0]
+    if x is None or not view.outputs:
+        return
+    for a, b in zip(x.axes(), view.out.axes()):
+        facts.transfer(b, a)
+
+
+def expand_index(index: Any, ndim: int) -> list[Any] | None:
+    """Normalize a getitem index into one entry per input dim plus ``None`` insertions; None if unsupported."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    out: list[Any] = []
+    for i in items:
+        if i is Ellipsis:
+            out.extend([slice(None)] * (ndim - n_real))
+        else:
+            out.append(i)
+    while sum(1 for i in out if i is not None) < ndim:
+        out.append(slice(None))
+    for i in out:
+        if not (i is None or isinstance(i, (int, slice))):
+            return None
+        if isinstance(i, slice) and any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
+            return None
+    return out
+
+
+@REGISTRY.rule("getitem")
+def getitem_rule(view: OpView, facts: Facts) -> None:
+    """Tensor indexing with ints, slices, None and Ellipsis; tensor indices are barriers."""
+    x = view.inputs[0]
+    if x is None or not view.outputs:
+        return
+    out = view.out
+    items = expand_index(view.attrs["index"], x.ndim)
+    if items is None:
+        facts.barrier(view, "indexing with tensors or dynamic bounds", "use index_select on a frozen dim")
+        return
+    d = j = 0
+    for item in items:
+        if item is None:
+            j += 1
+            continue
+        if isinstance(item, int):
+            facts.freeze(x.axis(d), f"{view.node.name} selects one index of this dim")
+            d += 1
+            continue
+        start, stop, step = item.indices(x.shape[d])
+        if step != 1:
+            facts.freeze(x.axis(d), f"{view.node.name} takes a strided slice")
+            facts.freeze(out.axis(j), f"{view.node.name} takes a strided slice")
+        elif stop - start == x.shape[d]:
+            facts.transfer(out.axis(j), x.axis(d))
+        else:
+            facts.part(x.axis(d), start, out.axis(j))
+            facts.zero(out.axis(j), "all", [x.axis(d)])
+        d += 1
+        j += 1
+
+
+def new_bounds(resizer, axis: Axis, start: int, stop: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Slice bounds after pruning: count kept elements before each bound."""
+    kept = resizer.kept(axis)
+    return int((kept < start).sum()), int((kept < stop).sum())
+
+
+@REGISTRY.rewriter("getitem")
+def getitem_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Shift slice bounds over removed elements."""
+    x = view.inputs[0]
+    if x is None:
+        return
+    items = expand_index(view.attrs["index"], x.ndim)
+    if items is None:
+        return
+    orig = view.attrs["index"]
+    new_items = list(orig) if isinstance(orig, tuple) else [orig]
+    positions = [k for k, i in enumerate(new_items) if i is not Ellipsis]
+    d = 0
+    changed = False
+    real = [k for k in positions]
+    # map expanded items back onto the written ones when no Ellipsis expanded them
+    if Ellipsis in new_items or len(items) != len(new_items):
+        written = None
+    else:
+        written = real
+    for k, item in enumerate(items):
+        if item is None:
+            continue
+        if isinstance(item, slice) and resizer.changed(x.axis(d)):
+            start, stop, _ = item.indices(x.shape[d])
+            if stop - start != x.shape[d]:
+                a, b = new_bounds(resizer, x.axis(d), start, stop)
+                if written is None:
+                    resizer.fail(view.node, "slice after an Ellipsis on a pruned dim")
+                new_items[written[k]] = slice(a, b, None)
+                changed = True
+        d += 1
+    if changed:
+        view.node.args = (view.node.args[0], tuple(new_items) if isinstance(orig, tuple) else new_items[0])
+        resizer.touched(view.node)
+
+
+def _slice_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    name = _name(node)
+    if name == "narrow":
+        b = bind(node, ["input", "dim", "start", "length"])
+        start = int(b["start"])
+        return OpView(node, kind, (ref_of(b["input"]),), {}, {"dim": int(b["dim"]), "start": start,
+                                                             "stop": start + int(b["length"]), "step": 1,
+                                                             "narrow": True}, output_refs(node))
+    b = bind(node, ["input", "dim", "start", "end", "step"], {"dim": 0, "start": None, "end": None, "step": 1})
+    return OpView(node, kind, (ref_of(b["input"]),), {}, {"dim": int(b["dim"]), "start": b["start"],
+                                                         "stop": b["end"], "step": b["step"], "narrow": False},
+                  output_refs(node))
+
+
+register("slice", [torch.narrow] + methods("narrow") + aten_ops("slice", "narrow", "slice_copy"), _slice_form)
+
+
+@REGISTRY.rule("slice")
+def slice_rule(view: OpView, facts: Facts) -> None:
+    """aten.slice / narrow: a contiguous range of one dim (strided slices freeze it)."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    dim = view.attrs["dim"] % x.ndim
+    start, stop, step = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"]).indices(x.shape[dim])
+    for d in range(x.ndim):
+        if d != dim:
+            facts.transfer(out.axis(d), x.axis(d))
+    if step != 1:
+        facts.freeze(x.axis(dim), f"{view.node.name} takes a strided slice")
+        facts.freeze(out.axis(dim), f"{view.node.name} takes a strided slice")
+    elif stop - start == x.shape[dim]:
+        facts.transfer(out.axis(dim), x.axis(dim))
+    else:
+        facts.part(x.axis(dim), start, out.axis(dim))
+        facts.zero(out.axis(dim), "all", [x.axis(dim)])
+
+
+@REGISTRY.rewriter("slice")
+def slice_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Shift the bounds of a slice/narrow over removed elements."""
+    x = view.inputs[0]
+    assert x is not None
+    dim = view.attrs["dim"] % x.ndim
+    if not resizer.changed(x.axis(dim)):
+        return
+    start, stop, _ = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"]).indices(x.shape[dim])
+    if stop - start == x.shape[dim]:
+        return
+    a, b = new_bounds(resizer, x.axis(dim), start, stop)
+    args = list(view.node.args)
+    if view.attrs["narrow"]:
+        args = [args[0], dim, a, b - a]
+    else:
+        args = [args[0], dim, a, b] + ([view.attrs["step"]] if view.attrs["step"] != 1 else [])
+    view.node.args = tuple(args)
+    view.node.kwargs = {}
+    resizer.touched(view.node)
+
+
+def _select_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    b = bind(node, ["input", "dim", "index"])
+    return OpView(node, kind, (ref_of(b["input"]),), {}, {"dim": int(b["dim"])}, output_refs(node))
+
+
+register("select", [torch.select] + methods("select") + aten_ops("select", "select_copy"), _select_form)
+
+
+@REGISTRY.rule("select")
+def select_rule(view: OpView, facts: Facts) -> None:
+    """select(dim, i): that dim is frozen; the others pass through."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    dim = view.attrs["dim"] % x.ndim
+    facts.freeze(x.axis(dim), f"{view.node.name} selects one index of this dim")
+    j = 0
+    for d in range(x.ndim):
+        if d != dim:
+            facts.transfer(out.axis(j), x.axis(d))
+            j += 1
+
+
+def _index_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    name = _name(node)
+    if name in ("index_select",):
+        b = bind(node, ["input", "dim", "index"])
+        return OpView(node, kind, (ref_of(b["input"]),), {}, {"dims": [int(b["dim"])]}, output_refs(node))
+    b = bind(node, ["input", "indices"])
+    idx = b.get("indices") or []
+    dims = [k for k, i in enumerate(idx) if i is not None]
+    return OpView(node, kind, (ref_of(b["input"]),), {}, {"dims": dims}, output_refs(node))
+
+
+register("index", [torch.index_select] + methods("index_select") + aten_ops("index", "index_select"), _index_form)
+
+
+@REGISTRY.rule("index")
+def index_rule(view: OpView, facts: Facts) -> None:
+    """Gather by an index tensor along one dim: that dim is frozen, dims before and after pass through."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    dims = view.attrs["dims"]
+    if len(dims) != 1:
+        facts.barrier(view, "indexing along several dims at once", "index one dim at a time")
+        return
+    dim = dims[0] % x.ndim
+    facts.freeze(x.axis(dim), f"{view.node.name} gathers along this dim")
+    extra = out.ndim - x.ndim
+    for d in range(x.ndim):
+        if d < dim:
+            facts.transfer(out.axis(d), x.axis(d))
+        elif d > dim:
+            facts.transfer(out.axis(d + extra), x.axis(d))
+    for d in range(dim, dim + extra + 1):
+        facts.freeze(out.axis(d), f"{view.node.name} gathers along this dim")
+
+
+# ---------------------------------------------------------------- size reads and factories
+def _no_tensor_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    return OpView(node, kind, (ref_of(node.args[0]) if node.args else None,), {}, {}, output_refs(node))
+
+
+register("size_read", [builtins.getattr, torch.numel] + methods("size", "dim", "numel", "get_device", "nelement")
+         + aten_ops("sym_size", "sym_numel", "sym_stride", "size", "dim"), _no_tensor_form)
+
+
+@REGISTRY.rule("size_read")
+def size_read_rule(view: OpView, facts: Facts) -> None:
+    """Reading a size couples nothing; the rewriters of the ops that use the size put in new values."""
+
+
+FACTORIES = ["zeros", "ones", "full", "empty", "arange", "rand", "randn", "randint", "linspace", "eye",
+             "tensor", "scalar_tensor", "as_tensor"]
+LIKE = ["zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like"]
+register("factory", [getattr(torch, n) for n in FACTORIES] + methods("new_zeros", "new_ones", "new_full",
+                                                                     "new_empty", "new_tensor")
+         + aten_ops(*FACTORIES, "new_zeros", "new_ones", "new_full", "new_empty", "full_like"), _no_tensor_form)
+register("like", [getattr(torch, n) for n in LIKE] + aten_ops(*LIKE), _no_tensor_form)
+
+
+@REGISTRY.rule("factory")
+def factory_rule(view: OpView, facts: Facts) -> None:
+    """Tensor factories: new tensors whose dims couple through the ops that use them."""
+
+
+@REGISTRY.rewriter("factory")
+def factory_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Factories given an explicit size list get the new sizes of changed dims."""
+    if not view.outputs or _name(view.node) in ("arange", "linspace", "eye", "tensor", "scalar_tensor", "as_tensor",
+                                                 "randint", "new_tensor"):
+        return
+    out = view.out
+    sizes, _ = _size_args(view.node) if view.node.op == "call_method" else (list(view.node.args[:1]), False)
+    if view.node.op != "call_method" and len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        new = [resizer.new_size(out.axis(d)) if isinstance(s, int) else s for d, s in enumerate(sizes[0])]
+        if list(new) != list(sizes[0]):
+            view.node.args = (new, *view.node.args[1:])
+            resizer.touched(view.node)
+    elif view.node.op == "call_method" and len(sizes) == out.ndim:
+        rewrite_sizes(view, resizer, out)
+
+
+@REGISTRY.rule("like")
+def like_rule(view: OpView, facts: Facts) -> None:
+    """zeros_like and friends: a new tensor with the same dims as the input."""
+    x = view.inputs[0]
+    if x is None or not view.outputs:
+        return
+    for a, b in zip(x.axes(), view.out.axes()):
+        facts.same(a, b)

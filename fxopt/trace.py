@@ -1,0 +1,171 @@
+"""Front-ends: capture an nn.Module as a torch.fx GraphModule with fake-tensor shapes in ``node.meta["val"]``.
+
+Two front-ends are offered. ``fx`` runs torch.fx symbolic tracing (standard ``torch.nn`` modules stay leaves, so
+the graph keeps ``call_module`` nodes that pruning can resize in place). ``export`` runs non-strict
+``torch.export`` and unlifts the result to a GraphModule of ATen ops with parameters as ``get_attr`` nodes; it
+follows data-dependent Python (transformers, most timm models) that symbolic tracing cannot. ``auto`` tries
+``fx`` and falls back to ``export``, recording which one it used and why in ``gm.meta["fxopt"]``.
+
+Shapes are filled by running the graph under a ``FakeTensorMode``: no real compute happens, so a model whose
+parameters live on the meta device (a 7B-shaped config) traces in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from fxopt.errors import TraceError
+
+log = logging.getLogger(__name__)
+
+Frontend = Literal["auto", "fx", "export"]
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """How a graph was captured: the front-end used and, for ``auto``, why the first choice failed."""
+
+    frontend: str
+    fallback_reason: str | None = None
+
+
+class LeafTracer(fx.Tracer):
+    """Symbolic tracer that keeps every module defined in ``torch.nn`` (but not containers) as a leaf."""
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        """Standard torch.nn layers are leaves; containers and user/third-party modules are traced through."""
+        if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
+            return False
+        return type(m).__module__.startswith("torch.nn") and type(m).__module__ != "torch.nn.modules.container"
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _trace_fx(model: torch.nn.Module) -> fx.GraphModule:
+    tracer = LeafTracer()
+    graph = tracer.trace(model)
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
+    program = torch.export.export(model, inputs, strict=False)
+    gm = program.module()
+    _drop_export_guards(gm)
+    return gm
+
+
+def _drop_export_guards(gm: fx.GraphModule) -> None:
+    """Remove the unused guard call and tensor-metadata asserts that export inserts; they carry no compute."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        is_guard = node.op == "call_module" and str(node.target).startswith("_guards")
+        is_assert = node.op == "call_function" and getattr(node.target, "__name__", "").startswith(
+            "_assert_tensor_metadata"
+        )
+        if (is_guard or is_assert) and not node.users:
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Fill ``node.meta["val"]`` with fake tensors by running ``gm`` under a FakeTensorMode.
+
+    Args:
+        gm: the graph module; its parameters may be real or on the meta device.
+        example_inputs: real, meta or fake tensors (and other Python values) for the placeholders.
+
+    Raises:
+        TraceError: naming the node whose shape could not be computed.
+    """
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    prop = FakeTensorProp(gm, mode)
+    try:
+        with mode:
+            prop.propagate_dont_convert_inputs(*fake_inputs)
+    except Exception as exc:  # the interpreter wraps the node's own error; keep it as the cause
+        node = getattr(prop, "_fxopt_current", None)
+        raise TraceError(f"shape propagation failed at node {node}: {exc}") from exc
+
+
+def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
+    """Example inputs as the graph's placeholders see them (export graphs take the pytree-flattened inputs)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    flat, _ = torch.utils._pytree.tree_flatten(inputs)
+    if len(flat) == len(placeholders):
+        return flat
+    return list(inputs)
+
+
+def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "auto") -> fx.GraphModule:
+    """Capture ``model`` as a GraphModule whose nodes carry fake-tensor values in ``node.meta["val"]``.
+
+    Args:
+        model: the module to capture; it is not modified.
+        example_inputs: a tensor or a tuple of positional inputs.
+        frontend: ``"fx"`` (symbolic tracing), ``"export"`` (non-strict torch.export) or ``"auto"``
+            (fx first, export when fx fails or its graph cannot propagate shapes).
+
+    Returns:
+        The graph module; ``gm.meta["fxopt"]["trace"]`` is a TraceInfo saying which front-end was used.
+
+    Raises:
+        TraceError: when no front-end can capture the model; the message names each front-end's failure.
+
+    Example:
+        >>> gm = fxopt.trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    """
+    if frontend not in ("auto", "fx", "export"):
+        raise TraceError(f"unknown frontend {frontend!r}: use 'auto', 'fx' or 'export'")
+    inputs = _as_tuple(example_inputs)
+    failures: list[str] = []
+    if frontend in ("auto", "fx"):
+        try:
+            gm = _trace_fx(model)
+            propagate_shapes(gm, _flat_inputs(gm, inputs))
+        except Exception as exc:  # symbolic tracing fails in many ways; all of them mean "try export"
+            failures.append(f"fx: {type(exc).__name__}: {_first_line(exc)}")
+            log.debug("symbolic tracing failed", exc_info=True)
+            if frontend == "fx":
+                raise TraceError(
+                    f"symbolic tracing of {type(model).__name__} failed ({failures[-1]}); "
+                    "try frontend='export' or 'auto'"
+                ) from exc
+        else:
+            gm.meta["fxopt"] = {"trace": TraceInfo("fx")}
+            return gm
+    try:
+        gm = _trace_export(model, inputs)
+        propagate_shapes(gm, _flat_inputs(gm, inputs))
+    except Exception as exc:
+        failures.append(f"export: {type(exc).__name__}: {_first_line(exc)}")
+        raise TraceError(
+            f"could not capture {type(model).__name__}: " + "; ".join(failures)
+            + ". Check that the example inputs match forward()'s signature; data-dependent control flow "
+            "needs torch.cond or a leaf module."
+        ) from exc
+    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None)}
+    return gm
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
