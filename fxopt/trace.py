@@ -13,6 +13,7 @@ parameters live on the meta device (a 7B-shaped config) traces in seconds.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,6 +66,7 @@ def _trace_fx(model: torch.nn.Module) -> fx.GraphModule:
 def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
     program = torch.export.export(model, inputs, strict=False)
     gm = program.module()
+    _inline_grad_mode_regions(gm)
     _drop_export_guards(gm)
     return gm
 
@@ -83,6 +85,63 @@ def _drop_export_guards(gm: fx.GraphModule) -> None:
     if changed:
         gm.graph.lint()
         gm.recompile()
+
+
+def _inline_grad_mode_regions(gm: fx.GraphModule) -> None:
+    """Inline ``no_grad`` regions that touch no trainable parameter (rotary tables, masks).
+
+    Export keeps ``with torch.no_grad():`` blocks as ``wrap_with_set_grad_enabled`` calls of a submodule. When
+    the block reads only buffers and inputs, inlining it changes no gradient and lets the channel rules see
+    through it; blocks that read parameters stay as they are.
+    """
+    from torch._higher_order_ops.wrap import wrap_with_set_grad_enabled
+
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not wrap_with_set_grad_enabled:
+            continue
+        sub = getattr(gm, str(node.args[1].target), None) if isinstance(node.args[1], fx.Node) else None
+        operands = node.args[2:]
+        if not isinstance(sub, fx.GraphModule) or any(n.op == "get_attr" for n in sub.graph.nodes):
+            continue
+        if any(isinstance(o, fx.Node) and o.op == "get_attr" and isinstance(
+                gm.get_parameter(str(o.target)) if _is_param(gm, str(o.target)) else None, torch.nn.Parameter)
+               and gm.get_parameter(str(o.target)).requires_grad for o in operands):
+            continue
+        env: dict[fx.Node, object] = {}
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        for ph, value in zip(placeholders, operands):
+            env[ph] = value
+        outputs: object = None
+        with gm.graph.inserting_before(node):
+            for inner in sub.graph.nodes:
+                if inner.op == "placeholder":
+                    continue
+                if inner.op == "output":
+                    outputs = torch.fx.node.map_arg(inner.args[0], lambda n: env[n])
+                    continue
+                env[inner] = gm.graph.node_copy(inner, lambda n: env[n])
+        results = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem:
+                user.replace_all_uses_with(results[user.args[1]])
+                gm.graph.erase_node(user)
+        if not node.users:
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.graph.lint()
+        gm.recompile()
+
+
+def _is_param(gm: fx.GraphModule, name: str) -> bool:
+    try:
+        gm.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:

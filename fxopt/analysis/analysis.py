@@ -102,6 +102,8 @@ def collect_facts(gm: fx.GraphModule, registry: OpRegistry = REGISTRY) -> Facts:
         elif node.op in ("call_module", "call_function", "call_method"):
             view = registry.view(node, gm)
             rule = registry.rules.get(view.kind)
+            if rule is None and not view.tensors():
+                continue  # arithmetic on sizes, asserts: nothing to couple
             if rule is None:
                 facts.barrier(view, f"no channel rule for {_describe(node)}",
                               "register one with fxopt.ops.REGISTRY.register_ops/rule")
@@ -144,8 +146,8 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), regist
     for classes, index in build_units(facts, links, axes):
         keys = sorted({k for c in classes for k in param_axes_by_class.get(c, ())},
                       key=lambda k: (facts.vars[k], k))
-        if not keys:
-            continue
+        if not any(k in zeros.producers for k in keys):
+            continue  # no parameter writes these channels (unused buffer slices, consumer-only dims)
         members = tuple(
             Member(k[0][len(PARAM_PREFIX):], k[1], "producer" if k in zeros.producers else "consumer") for k in keys
         )
@@ -201,9 +203,25 @@ def analyze(model: torch.nn.Module | fx.GraphModule, example_inputs: Any, fronte
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     if isinstance(model, fx.GraphModule) and "fxopt" in model.meta:
-        gm = model
-    else:
-        gm = trace(model, inputs, frontend)
+        return _analyze_traced(model, inputs, registry)
+    result = _analyze_traced(trace(model, inputs, frontend), inputs, registry)
+    if frontend == "auto" and result.barriers and result.gm.meta["fxopt"]["trace"].frontend == "fx":
+        # opaque fx leaf functions (torch.fx.wrap) and leaf modules without rules hide channels;
+        # torch.export decomposes them, so keep whichever capture leaves fewer barriers
+        try:
+            exported = _analyze_traced(trace(model, inputs, "export"), inputs, registry)
+        except Exception:  # export is only a second opinion here; the fx analysis stands
+            log.debug("export fallback failed", exc_info=True)
+        else:
+            if len(exported.barriers) < len(result.barriers):
+                info = exported.gm.meta["fxopt"]["trace"]
+                reason = f"fx graph had {len(result.barriers)} nodes without rules, export {len(exported.barriers)}"
+                exported.gm.meta["fxopt"]["trace"] = type(info)(info.frontend, reason)
+                return exported
+    return result
+
+
+def _analyze_traced(gm: fx.GraphModule, inputs: tuple[Any, ...], registry: OpRegistry) -> Analysis:
     flat, _ = torch.utils._pytree.tree_flatten(inputs)
     n_ph = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     return analyze_graph(gm, flat if len(flat) == n_ph else inputs, registry)

@@ -80,7 +80,15 @@ def _resolve(facts: Facts, part: Part) -> ElementLink | None:
             return None
         head = _leading(table, small_atoms, c)
         if head is None:
-            _freeze_both(facts, part)
+            # the part is itself a product (e.g. heads x head_dim): split the big factor into
+            # (parts, c) so that every equal part shares the inner factor
+            if offset % c or size % c:
+                _freeze_both(facts, part)
+                return None
+            outer, inner_c = table.refine(big_atoms[j], size // c)
+            table.freeze(outer, f"selected at a fixed index by {part.node.name}")
+            if not table.unify(small_atoms, [inner_c, *inner]):
+                _freeze_both(facts, part)
             return None
         if not table.unify(table.atoms(facts.var(part.small))[1:], inner):
             _freeze_both(facts, part)

@@ -137,6 +137,7 @@ def sdpa_rule(view: OpView, facts: Facts) -> None:
             facts.same(hq, hk)
         elif hq.size % hk.size == 0:
             facts.product([hq], [hk, gqa_axis(view, hq.size // hk.size)])
+        facts.same(out.axis(-3), hq)
         facts.tag(hq, "head")
         facts.tag(hk, "head")
         facts.zero(out.axis(-3), "any", [v.axis(-3)])

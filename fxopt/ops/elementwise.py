@@ -19,6 +19,11 @@ from fxopt.ops.forms import aten_ops, bind, function_form, methods, module_form,
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, ref_of
 
+try:  # torchvision is optional; its stochastic_depth is an fx-wrapped leaf function
+    from torchvision.ops import stochastic_depth
+except ImportError:  # pragma: no cover - depends on the environment
+    stochastic_depth = None
+
 # f(0) == 0: a zero channel stays zero.
 ZERO_PRESERVING = {
     "relu": ([F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.leaky_relu, F.elu, F.selu, F.mish,
@@ -39,7 +44,7 @@ NOT_ZERO_PRESERVING = (
      torch.log, F.logsigmoid, torch.cosh, torch.exp2, torch.logical_not, torch.isnan, torch.isinf, torch.bitwise_not],
     ["sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "exp", "cos", "softplus", "reciprocal", "rsqrt", "log",
      "cosh", "exp2", "logical_not", "isnan", "isinf", "bitwise_not", "log_sigmoid_forward", "expm1", "log1p",
-     "eq", "ne", "lt", "le", "gt", "ge", "bool", "long", "int"],
+     "bool", "long", "int"],
     [nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid],
 )
 
@@ -59,6 +64,7 @@ def _register_unary(kind: str, funcs: list, method_names: list, modules: list) -
 
 
 _register_unary("unary_zero", *ZERO_PRESERVING["relu"])
+register("unary_zero", [stochastic_depth], _unary_form)  # x * random row mask: zero stays zero
 _register_unary("unary_const", *NOT_ZERO_PRESERVING)
 
 
@@ -99,11 +105,16 @@ BINARY: dict[str, tuple[ZeroMode, list, list]] = {
     "add": ("all", [operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub, torch.subtract,
                     torch.maximum, torch.minimum, torch.max, torch.min],
             ["add", "add_", "sub", "sub_", "subtract", "maximum", "minimum", "rsub"]),
-    "mul": ("any", [operator.mul, operator.imul, torch.mul, torch.multiply, operator.and_],
+    "mul": ("any", [operator.mul, operator.imul, torch.mul, torch.multiply],
             ["mul", "mul_", "multiply", "logical_and", "bitwise_and"]),
     "div": ("all", [operator.truediv, operator.itruediv, torch.div, torch.true_divide],
             ["div", "div_", "true_divide"]),
     "pow": ("all", [operator.pow, torch.pow], ["pow", "pow_"]),
+    "compare": ("all", [operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.or_,
+                        torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_or,
+                        torch.logical_and, torch.bitwise_and, torch.bitwise_or],
+                ["eq", "ne", "lt", "le", "gt", "ge", "logical_or", "bitwise_or", "__and__", "__or__", "__xor__",
+                 "logical_xor", "bitwise_xor", "copy_", "copy"]),
 }
 
 
@@ -121,9 +132,12 @@ for _kind, (_mode, _funcs, _methods) in BINARY.items():
     register(_kind, aten_ops(*_methods), _binary_form)
 
 
-@REGISTRY.rule("add", "mul", "div", "pow")
+@REGISTRY.rule("add", "mul", "div", "pow", "compare")
 def binary_rule(view: OpView, facts: Facts) -> None:
-    """Binary arithmetic with broadcasting: add/sub zero if all operands are, mul if any, div/pow if the first."""
+    """Binary ops with broadcasting: add/sub zero if all operands are, mul if any, div/pow if the first.
+
+    Comparisons and logical ops couple dims the same way but never produce zero channels.
+    """
     if not view.outputs:
         return
     out = view.out
@@ -142,6 +156,8 @@ def binary_rule(view: OpView, facts: Facts) -> None:
             facts.zero(out.axis(d), "all", srcs + ([None] if none_ops else []))
         elif view.kind == "mul":
             facts.zero(out.axis(d), "any", [s for s in (sa, sb) if s is not None])
+        elif view.kind == "compare":
+            continue
         elif view.kind == "pow":
             exponent = view.attrs.get("scalar_other")
             if sa is not None and isinstance(exponent, (int, float)) and exponent > 0:

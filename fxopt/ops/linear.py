@@ -37,3 +37,38 @@ def linear_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-de
     """Keep ``in_features``/``out_features`` in step with the sliced weight."""
     if view.module is not None:
         view.module.out_features, view.module.in_features = view.module.weight.shape
+
+
+def _addmm_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    from fxopt.ops.forms import bind
+    from fxopt.ops.view import output_refs, ref_of
+
+    b = bind(node, ["bias", "input", "weight"])
+    return OpView(node, kind, (ref_of(b.get("input")),), {"weight": ref_of(b.get("weight")),
+                                                           "bias": ref_of(b.get("bias"))},
+                  {"beta": b.get("beta", 1), "alpha": b.get("alpha", 1)}, output_refs(node))
+
+
+register("addmm", [torch.addmm] + aten_ops("addmm"), _addmm_form)
+
+
+@REGISTRY.rule("addmm")
+def addmm_rule(view: OpView, facts: Facts) -> None:
+    """addmm(bias, x, w) = bias + x @ w (GPT-2's Conv1D): w is (in, out), transposed against nn.Linear."""
+    x, out = view.inputs[0], view.out
+    w, b = view.params["weight"], view.params.get("bias")
+    assert x is not None and w is not None
+    facts.transfer(out.axis(0), x.axis(0))
+    facts.same(x.axis(1), w.axis(0))
+    facts.sink(x.axis(1), True, f"{view.node.name} sums over its input features", alternatives=[w.axis(0)])
+    facts.same(out.axis(1), w.axis(1))
+    srcs = [w.axis(1)]
+    if b is not None:
+        for d in range(1, b.ndim + 1):
+            if b.shape[-d] == out.shape[-d] and b.shape[-d] != 1:
+                facts.same(b.axis(-d), out.axis(-d))
+        if b.shape[-1] == out.shape[-1]:
+            srcs.append(b.axis(-1))
+        else:
+            srcs.append(None)  # type: ignore[arg-type]
+    facts.zero(out.axis(1), "all", srcs)

@@ -120,3 +120,11 @@ def sort_rule(view: OpView, facts: Facts) -> None:
                 facts.freeze(out.axis(d), f"{view.node.name} reorders this dim")
             else:
                 facts.same(out.axis(d), x.axis(d))
+
+
+def _diff_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    b = bind(node, ["input", "n", "dim"], {"dim": -1})
+    return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", -1)}, output_refs(node))
+
+
+register("sort", [torch.diff] + methods("diff") + aten_ops("diff"), _diff_form)

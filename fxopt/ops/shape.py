@@ -322,11 +322,15 @@ def expand_index(index: Any, ndim: int) -> list[Any] | None:
     while sum(1 for i in out if i is not None) < ndim:
         out.append(slice(None))
     for i in out:
+        if isinstance(i, fx.Node) and isinstance(i.meta.get("val"), torch.Tensor):
+            continue
         if not (i is None or isinstance(i, (int, slice))):
             return None
-        if isinstance(i, slice) and any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
-            return None
     return out
+
+
+def _dynamic(item: slice) -> bool:
+    return any(isinstance(v, fx.Node) for v in (item.start, item.stop, item.step))
 
 
 @REGISTRY.rule("getitem")
@@ -340,14 +344,35 @@ def getitem_rule(view: OpView, facts: Facts) -> None:
     if items is None:
         facts.barrier(view, "indexing with tensors or dynamic bounds", "use index_select on a frozen dim")
         return
+    tensors = [i for i in items if isinstance(i, fx.Node)]
+    if len(tensors) > 1 or (tensors and None in items):
+        facts.barrier(view, "indexing with several index tensors", "index one dim at a time")
+        return
+    extra = out.ndim - sum(1 for i in items if not isinstance(i, int)) if tensors else 0
     d = j = 0
     for item in items:
         if item is None:
             j += 1
             continue
+        if isinstance(item, fx.Node):  # gather along this dim: the index tensor's dims replace it
+            facts.freeze(x.axis(d), f"{view.node.name} gathers along this dim")
+            for k in range(j, j + extra + 1):
+                facts.freeze(out.axis(k), f"{view.node.name} gathers along this dim")
+            d += 1
+            j += extra + 1
+            continue
         if isinstance(item, int):
             facts.freeze(x.axis(d), f"{view.node.name} selects one index of this dim")
             d += 1
+            continue
+        if _dynamic(item):  # bounds computed at run time: only a no-op slice is understood
+            if out.shape[j] == x.shape[d]:
+                facts.transfer(out.axis(j), x.axis(d))
+            else:
+                facts.freeze(x.axis(d), f"{view.node.name} slices with run-time bounds")
+                facts.freeze(out.axis(j), f"{view.node.name} slices with run-time bounds")
+            d += 1
+            j += 1
             continue
         start, stop, step = item.indices(x.shape[d])
         if step != 1:
@@ -391,7 +416,7 @@ def getitem_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-d
     for k, item in enumerate(items):
         if item is None:
             continue
-        if isinstance(item, slice) and resizer.changed(x.axis(d)):
+        if isinstance(item, slice) and not _dynamic(item) and resizer.changed(x.axis(d)):
             start, stop, _ = item.indices(x.shape[d])
             if stop - start != x.shape[d]:
                 a, b = new_bounds(resizer, x.axis(d), start, stop)
@@ -491,13 +516,34 @@ def _index_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if name in ("index_select",):
         b = bind(node, ["input", "dim", "index"])
         return OpView(node, kind, (ref_of(b["input"]),), {}, {"dims": [int(b["dim"])]}, output_refs(node))
+    if name in ("gather",):
+        b = bind(node, ["input", "dim", "index"])
+        return OpView(node, "gather", (ref_of(b["input"]), ref_of(b["index"])), {}, {"dim": int(b["dim"])},
+                      output_refs(node))
     b = bind(node, ["input", "indices"])
     idx = b.get("indices") or []
     dims = [k for k, i in enumerate(idx) if i is not None]
     return OpView(node, kind, (ref_of(b["input"]),), {}, {"dims": dims}, output_refs(node))
 
 
-register("index", [torch.index_select] + methods("index_select") + aten_ops("index", "index_select"), _index_form)
+register("index", [torch.index_select, torch.gather] + methods("index_select", "gather")
+         + aten_ops("index", "index_select", "gather"), _index_form)
+
+
+@REGISTRY.rule("gather")
+def gather_rule(view: OpView, facts: Facts) -> None:
+    """gather(x, dim, index): the gathered dim is frozen; other dims of x, index and out are coupled."""
+    x, index = view.inputs
+    out = view.out
+    assert x is not None
+    dim = view.attrs["dim"] % x.ndim
+    facts.freeze(x.axis(dim), f"{view.node.name} gathers along this dim")
+    facts.freeze(out.axis(dim), f"{view.node.name} gathers along this dim")
+    for d in range(x.ndim):
+        if d != dim and x.shape[d] == out.shape[d]:
+            facts.transfer(out.axis(d), x.axis(d))
+        if index is not None and d != dim and index.shape[d] == out.shape[d]:
+            facts.same(index.axis(d), out.axis(d))
 
 
 @REGISTRY.rule("index")
@@ -505,20 +551,19 @@ def index_rule(view: OpView, facts: Facts) -> None:
     """Gather by an index tensor along one dim: that dim is frozen, dims before and after pass through."""
     x, out = view.inputs[0], view.out
     assert x is not None
-    dims = view.attrs["dims"]
-    if len(dims) != 1:
-        facts.barrier(view, "indexing along several dims at once", "index one dim at a time")
-        return
-    dim = dims[0] % x.ndim
-    facts.freeze(x.axis(dim), f"{view.node.name} gathers along this dim")
-    extra = out.ndim - x.ndim
-    for d in range(x.ndim):
-        if d < dim:
-            facts.transfer(out.axis(d), x.axis(d))
-        elif d > dim:
-            facts.transfer(out.axis(d + extra), x.axis(d))
-    for d in range(dim, dim + extra + 1):
+    dims = sorted(d % x.ndim for d in view.attrs["dims"])
+    for d in dims:
+        facts.freeze(x.axis(d), f"{view.node.name} gathers along this dim")
+    kept = [d for d in range(x.ndim) if d not in dims]
+    n_new = out.ndim - len(kept)
+    adjacent = dims == list(range(dims[0], dims[-1] + 1))
+    first = dims[0] if adjacent else 0
+    new_dims = range(first, first + n_new)
+    rest = [d for d in range(out.ndim) if d not in new_dims]
+    for d in new_dims:
         facts.freeze(out.axis(d), f"{view.node.name} gathers along this dim")
+    for o, d in zip(rest, kept):
+        facts.transfer(out.axis(o), x.axis(d))
 
 
 # ---------------------------------------------------------------- size reads and factories
@@ -527,7 +572,8 @@ def _no_tensor_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
 
 
 register("size_read", [builtins.getattr, torch.numel] + methods("size", "dim", "numel", "get_device", "nelement")
-         + aten_ops("sym_size", "sym_numel", "sym_stride", "size", "dim"), _no_tensor_form)
+         + aten_ops("sym_size", "sym_numel", "sym_stride", "size", "dim", "_assert_tensor_metadata", "_assert_async",
+                    "_assert_scalar", "sym_constrain_range_for_size", "_functional_assert_async"), _no_tensor_form)
 
 
 @REGISTRY.rule("size_read")
@@ -541,7 +587,8 @@ LIKE = ["zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "rand
 register("factory", [getattr(torch, n) for n in FACTORIES] + methods("new_zeros", "new_ones", "new_full",
                                                                      "new_empty", "new_tensor")
          + aten_ops(*FACTORIES, "new_zeros", "new_ones", "new_full", "new_empty", "full_like"), _no_tensor_form)
-register("like", [getattr(torch, n) for n in LIKE] + aten_ops(*LIKE), _no_tensor_form)
+register("like", [getattr(torch, n) for n in LIKE] + aten_ops(*LIKE, "fill", "fill_", "zero_", "zero")
+         + methods("fill_", "zero_"), _no_tensor_form)
 
 
 @REGISTRY.rule("factory")
