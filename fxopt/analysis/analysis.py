@@ -54,6 +54,26 @@ class Analysis:
                 return g
         raise KeyError(f"no group {group_id!r}; groups include {[g.id for g in self.groups[:5]]}")
 
+    def unit_slices(self, group: Group) -> dict[Member, np.ndarray]:
+        """For each member of ``group``, a ``(group.size, k)`` array: the indices along ``member.dim`` of each unit.
+
+        Example:
+            >>> w = model.get_parameter(m.qualname)
+            >>> norms = w.index_select(m.dim, idx.ravel()).reshape(...)  # idx = analysis.unit_slices(g)[m]
+        """
+        out: dict[Member, np.ndarray] = {}
+        table = self.facts.table
+        for m in group.members:
+            atoms = self.axes.of((PARAM_PREFIX + m.qualname, m.dim))
+            sizes = [table.size[a] for a in atoms]
+            grid = np.arange(int(np.prod(sizes)) if sizes else 1).reshape(sizes or [1])
+            rows = []
+            for u in range(group.size):
+                sel = tuple(group.index[a][u] if a in group.index else slice(None) for a in atoms)
+                rows.append(grid[np.ix_(*[np.atleast_1d(np.arange(s)[k]) for s, k in zip(sizes, sel)])].ravel())
+            out[m] = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
+        return out
+
     @cached_property
     def channel_graph(self) -> nx.Graph:
         """Bipartite networkx graph: atomic channel classes linked to the tensor axes they make up."""
