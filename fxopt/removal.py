@@ -123,8 +123,8 @@ def _slice_tensor(t: torch.Tensor, kept: list[np.ndarray]) -> torch.Tensor:
 def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor, old: torch.Tensor) -> None:
     prefix, _, leaf = qualname.rpartition(".")
     owner = gm.get_submodule(prefix) if prefix else gm
-    if isinstance(old, torch.nn.Parameter):
-        setattr(owner, leaf, torch.nn.Parameter(value.detach(), requires_grad=old.requires_grad))
+    if isinstance(value, torch.nn.Parameter):
+        setattr(owner, leaf, value)
     elif leaf in getattr(owner, "_buffers", {}):
         owner._buffers[leaf] = value
     else:
@@ -155,7 +155,10 @@ def slice_parameters(gm: fx.GraphModule, analysis: Analysis, resizer: Resizer) -
             continue
         new = done.get(id(old))
         if new is None:
-            new = done[id(old)] = _slice_tensor(old.data if isinstance(old, torch.nn.Parameter) else old, kept)
+            new = _slice_tensor(old.data if isinstance(old, torch.nn.Parameter) else old, kept)
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(new.detach(), requires_grad=old.requires_grad)
+            done[id(old)] = new
         _set_tensor(gm, qualname, new, old)
         sliced.append(qualname)
     return sliced

@@ -18,7 +18,7 @@ from fxopt.analysis.facts import Barrier, Facts
 from fxopt.analysis.groups import AxisIndex, FrozenGroup, Group, Member, ZeroPropagation, build_units
 from fxopt.analysis.parts import ElementLink, resolve_parts
 from fxopt.ops.registry import REGISTRY, OpRegistry
-from fxopt.ops.view import PARAM_PREFIX, output_refs
+from fxopt.ops.view import PARAM_PREFIX, Axis, output_refs
 from fxopt.trace import Frontend, trace
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,24 @@ def collect_facts(gm: fx.GraphModule, registry: OpRegistry = REGISTRY) -> Facts:
                 facts.barrier(view, f"rule '{view.kind}' could not handle {node.name}: {exc}",
                               "report this node's arguments; the rule needs extending")
     facts.node = None
+    _tie_shared_tensors(gm, facts)
     return facts
+
+
+def _tie_shared_tensors(gm: fx.GraphModule, facts: Facts) -> None:
+    """One tensor reachable under several names (tied embeddings) has the same channels under each name."""
+    names: dict[int, list[str]] = defaultdict(list)
+    for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        names[id(t)].append(name)
+    for group in names.values():
+        keys = [PARAM_PREFIX + n for n in group]
+        for d in range(8):
+            present = [k for k in keys if (k, d) in facts.vars]
+            if len(present) < 2:
+                continue
+            first = Axis(present[0], d, facts.sizes[(present[0], d)])
+            for k in present[1:]:
+                facts.same(first, Axis(k, d, facts.sizes[(k, d)]))
 
 
 def _describe(node: fx.Node) -> str:
