@@ -191,8 +191,11 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), regist
         first = next((m for m in members if m.role == "producer"), members[0])
         first_atoms = axes.of((PARAM_PREFIX + first.qualname, first.dim))
         gid = f"{first.qualname}/{first.dim}"
+        pos = next((i for i, a in enumerate(first_atoms) if a in classes), 0)
         if len(first_atoms) > 1:
-            gid += f".{next((i for i, a in enumerate(first_atoms) if a in classes), 0)}"
+            gid += f".{pos}"
+        if first_atoms and first_atoms[pos] in index and index[first_atoms[pos]].size < table.size[first_atoms[pos]]:
+            gid += f"@{int(index[first_atoms[pos]].min())}"  # a part of the dim (concat/split): name its offset
         while gid in used_ids:
             gid += "'"
         used_ids.add(gid)

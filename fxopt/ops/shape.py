@@ -395,24 +395,16 @@ def new_bounds(resizer, axis: Axis, start: int, stop: int) -> tuple[int, int]:  
 
 @REGISTRY.rewriter("getitem")
 def getitem_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
-    """Shift slice bounds over removed elements."""
+    """Shift slice bounds over removed elements; the index is rewritten in expanded form (no Ellipsis)."""
     x = view.inputs[0]
     if x is None:
         return
     items = expand_index(view.attrs["index"], x.ndim)
     if items is None:
         return
-    orig = view.attrs["index"]
-    new_items = list(orig) if isinstance(orig, tuple) else [orig]
-    positions = [k for k, i in enumerate(new_items) if i is not Ellipsis]
-    d = 0
+    new_items = list(items)
     changed = False
-    real = [k for k in positions]
-    # map expanded items back onto the written ones when no Ellipsis expanded them
-    if Ellipsis in new_items or len(items) != len(new_items):
-        written = None
-    else:
-        written = real
+    d = 0
     for k, item in enumerate(items):
         if item is None:
             continue
@@ -420,13 +412,11 @@ def getitem_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-d
             start, stop, _ = item.indices(x.shape[d])
             if stop - start != x.shape[d]:
                 a, b = new_bounds(resizer, x.axis(d), start, stop)
-                if written is None:
-                    resizer.fail(view.node, "slice after an Ellipsis on a pruned dim")
-                new_items[written[k]] = slice(a, b, None)
+                new_items[k] = slice(a, b, None)
                 changed = True
         d += 1
     if changed:
-        view.node.args = (view.node.args[0], tuple(new_items) if isinstance(orig, tuple) else new_items[0])
+        view.node.args = (view.node.args[0], tuple(new_items))
         resizer.touched(view.node)
 
 
