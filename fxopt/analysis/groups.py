@@ -99,56 +99,55 @@ class AxisIndex:
         return self.atoms.get(key, ())
 
 
-def build_units(facts: Facts, links: list[ElementLink], axes: AxisIndex) -> list[tuple[tuple[int, ...], dict[int, np.ndarray]]]:
+def _components(total: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component labels (the smallest element id of each component) of an edge list, vectorized."""
+    labels = np.arange(total)
+    if a.size == 0:
+        return labels
+    while True:
+        low = np.minimum(labels[a], labels[b])
+        new = labels.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        new = new[new]  # pointer jumping: components settle in a logarithmic number of rounds
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def build_units(facts: Facts, links: list[ElementLink],
+                axes: AxisIndex) -> list[tuple[tuple[int, ...], dict[int, np.ndarray]]]:
     """Units grouped by signature: ``(classes, index per class)`` for each group, deterministic order."""
     table = facts.table
-    classes = sorted(axes.by_class)
     linked = sorted({c for link in links for c in (link.big, link.small)})
     base: dict[int, int] = {}
     total = 0
     for c in linked:
         base[c] = total
         total += table.size[c]
-    parent = np.arange(total)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for link in links:
-        b0, s0 = base[link.big] + link.start, base[link.small]
-        for i in range(link.length):
-            ra, rb = find(b0 + i), find(s0 + i)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    owner = np.empty(total, dtype=np.int64)
-    offset = np.empty(total, dtype=np.int64)
-    for c in linked:
-        owner[base[c] : base[c] + table.size[c]] = c
-        offset[base[c] : base[c] + table.size[c]] = np.arange(table.size[c])
-    components: dict[int, list[int]] = defaultdict(list)
-    for e in range(total):
-        components[find(e)].append(e)
-    buckets: dict[tuple[tuple[int, int], ...], list[list[int]]] = defaultdict(list)
-    for elems in components.values():
-        count: dict[int, int] = defaultdict(int)
-        for e in elems:
-            count[int(owner[e])] += 1
-        buckets[tuple(sorted(count.items()))].append(elems)
     out: list[tuple[tuple[int, ...], dict[int, np.ndarray]]] = []
-    for signature, units in buckets.items():
-        units.sort(key=lambda es: min(es))
-        index = {
-            c: np.array([sorted(int(offset[e]) for e in es if owner[e] == c) for es in units], dtype=np.int64)
-            for c, _ in signature
-        }
-        out.append((tuple(c for c, _ in signature), index))
+    if total:
+        ea = np.concatenate([base[k.big] + k.start + np.arange(k.length) for k in links])
+        eb = np.concatenate([base[k.small] + np.arange(k.length) for k in links])
+        labels = _components(total, ea, eb)
+        owner = np.concatenate([np.full(table.size[c], c) for c in linked])
+        offset = np.concatenate([np.arange(table.size[c]) for c in linked])
+        order = np.lexsort((offset, owner, labels))  # by component, then class, then element
+        lab, own, off = labels[order], owner[order], offset[order]
+        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+        ends = np.r_[starts[1:], len(lab)]
+        buckets: dict[tuple[tuple[int, int], ...], list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            o = own[s:e]
+            cls, counts = np.unique(o, return_counts=True)
+            signature = tuple(zip(cls.tolist(), counts.tolist()))
+            buckets[signature].append((int(lab[s]), o, off[s:e]))
+        for signature, units in buckets.items():
+            units.sort(key=lambda u: u[0])
+            index = {c: np.stack([offs[own_ == c] for _, own_, offs in units]) for c, _ in signature}
+            out.append((tuple(c for c, _ in signature), index))
     linked_set = set(linked)
-    for c in classes:
+    for c in sorted(axes.by_class):
         if c not in linked_set:
             out.append(((c,), {c: np.arange(table.size[c], dtype=np.int64)[:, None]}))
     return out
