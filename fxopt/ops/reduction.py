@@ -128,3 +128,24 @@ def _diff_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
 
 
 register("sort", [torch.diff] + methods("diff") + aten_ops("diff"), _diff_form)
+
+
+def _normalize_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    b = bind(node, ["input", "p", "dim"], {"dim": 1})
+    return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", 1)}, output_refs(node))
+
+
+register("normalize", [F.normalize], _normalize_form)
+
+
+@REGISTRY.rule("normalize")
+def normalize_rule(view: OpView, facts: Facts) -> None:
+    """F.normalize: the normalized dim is an inexact sink (its norm changes); zero channels elsewhere stay zero."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    dim = int(view.attrs["dim"]) % x.ndim
+    for d in range(x.ndim):
+        facts.same(out.axis(d), x.axis(d))
+        if d != dim:
+            facts.zero(out.axis(d), "all", [x.axis(d)])
+    facts.sink(x.axis(dim), False, f"{view.node.name} divides by the norm over this dim")

@@ -97,6 +97,30 @@ def _size_args(node: fx.Node) -> tuple[list[Any], bool]:
     return rest, True
 
 
+def reads_changed_size(value: Any, resizer, depth: int = 0) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a run-time size expression (``C // heads`` from ``x.shape``) reads a dim that pruning changes."""
+    if not isinstance(value, fx.Node) or depth > 32:
+        return False
+    if value.op == "call_function" and value.target is operator.getitem and isinstance(value.args[1], int):
+        src = value.args[0]
+        if isinstance(src, fx.Node) and _is_whole_shape_read(src):
+            t = ref_of(src.args[0])
+            return t is not None and resizer.changed(t.axis(value.args[1]))
+    if value.op == "call_method" and value.target == "size" and len(value.args) > 1:
+        t = ref_of(value.args[0])
+        return t is not None and resizer.changed(t.axis(int(value.args[1])))
+    t = ref_of(value)
+    if t is not None:
+        return any(resizer.changed(a) for a in t.axes())
+    return any(reads_changed_size(a, resizer, depth + 1) for a in value.all_input_nodes)
+
+
+def _is_whole_shape_read(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target is builtins.getattr and node.args[1:] == ("shape",):
+        return True
+    return node.op == "call_method" and node.target == "size" and len(node.args) == 1 and not node.kwargs
+
+
 def rewrite_sizes(view: OpView, resizer, out: TensorRef) -> None:  # type: ignore[no-untyped-def]
     """Replace the size entries of changed output dims by their new sizes (``-1`` entries are left alone)."""
     node = view.node
@@ -107,7 +131,8 @@ def rewrite_sizes(view: OpView, resizer, out: TensorRef) -> None:  # type: ignor
     changed = False
     for d, s in enumerate(sizes):
         n = resizer.new_size(out.axis(d))
-        if n != out.shape[d] and not (isinstance(s, int) and s == -1):
+        resized = n != out.shape[d] and not (isinstance(s, int) and s == -1)
+        if resized or reads_changed_size(s, resizer):
             new[d] = n
             changed = True
     if not changed:
@@ -291,7 +316,7 @@ def _getitem_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     src, idx = node.args[0], node.args[1]
     if isinstance(src, fx.Node) and isinstance(src.meta.get("val"), (tuple, list)) and isinstance(idx, int):
         refs = {r.key: r for r in output_refs(src)}
-        inner = refs.get(f"{src.name}#{idx}")
+        inner = refs.get(f"{src.name}#{idx % len(src.meta['val'])}")
         return OpView(node, "tuple_item", (inner,), {}, {"index": idx}, output_refs(node))
     return OpView(node, kind, (ref_of(src),), {}, {"index": idx}, output_refs(node))
 
@@ -303,7 +328,10 @@ register("getitem", [operator.getitem], _getitem_form)
 def tuple_item_rule(view: OpView, facts: Facts) -> None:
     """Element of a multi-output op: the same tensor."""
     x = view.inputs[0]
-    if x is None or not view.outputs:
+    if not view.outputs:
+        return
+    if x is None:
+        facts.barrier(view, f"{view.node.name} takes an element the analysis cannot see", "")
         return
     for a, b in zip(x.axes(), view.out.axes()):
         facts.transfer(b, a)
