@@ -42,6 +42,17 @@ def pick_units(group: Group, fraction: float = 0.5, seed: int = 0) -> list[int]:
     return sorted(rng.choice(group.size, size=n, replace=False).tolist())
 
 
+def representative_groups(groups: Sequence[Group], limit: int) -> list[Group]:
+    """At most ``limit`` groups, one of every (granularity, exact) kind first, then in order."""
+    by_kind: dict[tuple[str, bool], Group] = {}
+    for g in groups:
+        by_kind.setdefault((g.granularity, g.exact), g)
+    picked = list(by_kind.values())[:limit]
+    chosen = {id(g) for g in picked}
+    picked += [g for g in groups if id(g) not in chosen][: max(0, limit - len(picked))]
+    return picked
+
+
 def zero_producers(analysis: Analysis, removals: dict[Group, list[int]]) -> torch.nn.Module:
     """A copy of the analysed graph module with the producer slices of the given units set to zero."""
     gm = copy.deepcopy(analysis.gm)

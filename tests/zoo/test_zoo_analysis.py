@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fxopt
-from fxopt.testing.zero_invariance import check_zero_invariance, pick_units
+from fxopt.testing.zero_invariance import check_zero_invariance, pick_units, representative_groups
 from fxopt.testing.zoo import ZooEntry, zoo_entries
 
 ENTRIES = zoo_entries()
@@ -28,14 +28,7 @@ def _check(entry: ZooEntry, group_limit: int | None) -> None:
         out = small(*analysis.example_inputs)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in analysis.gm.parameters())
     assert out is not None
-    groups = analysis.groups
-    if group_limit is not None:  # spread the checks over kinds of groups rather than taking the first N
-        by_kind: dict[tuple[str, bool], list] = {}
-        for g in groups:
-            by_kind.setdefault((g.granularity, g.exact), []).append(g)
-        picked = [gs[0] for gs in by_kind.values()]
-        picked += [g for g in groups if g not in picked][: max(0, group_limit - len(picked))]
-        groups = picked
+    groups = analysis.groups if group_limit is None else representative_groups(analysis.groups, group_limit)
     checks = check_zero_invariance(analysis, groups=groups)
     assert all(c.passed for c in checks if c.exact)
 
