@@ -164,6 +164,18 @@ def slice_parameters(gm: fx.GraphModule, analysis: Analysis, resizer: Resizer) -
     return sliced
 
 
+def copy_sharing_tensors(gm: fx.GraphModule, fresh: set[str] = frozenset()) -> fx.GraphModule:  # type: ignore[assignment]
+    """Deep-copy ``gm``'s modules and graph but share every parameter and buffer except those named in ``fresh``.
+
+    Shared tensors must not be mutated through the copy; removal replaces the tensors it changes instead.
+    """
+    memo: dict[int, Any] = {}
+    for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        if name not in fresh:
+            memo[id(t)] = t
+    return copy.deepcopy(gm, memo)
+
+
 def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int]]) -> fx.GraphModule:
     """Remove the given units of the given groups and return a smaller GraphModule that runs.
 
@@ -185,7 +197,7 @@ def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int
         >>> small = fxopt.prune_groups(a, {g: range(g.size // 2)})
     """
     removed = removal_masks(analysis, removals)
-    gm = copy.deepcopy(analysis.gm)
+    gm = copy_sharing_tensors(analysis.gm)
     resizer = Resizer(analysis, removed)
     if not removed:
         return gm

@@ -7,7 +7,6 @@ groups must agree within float tolerance, approximate groups report their measur
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.analysis.groups import Group
 from fxopt.ops.view import PARAM_PREFIX, Axis
-from fxopt.removal import Resizer, prune_groups, removal_masks
+from fxopt.removal import Resizer, copy_sharing_tensors, prune_groups, removal_masks
 from fxopt.testing.equivalence import TOLERANCES, compare, run
 
 
@@ -55,7 +54,8 @@ def representative_groups(groups: Sequence[Group], limit: int) -> list[Group]:
 
 def zero_producers(analysis: Analysis, removals: dict[Group, list[int]]) -> torch.nn.Module:
     """A copy of the analysed graph module with the producer slices of the given units set to zero."""
-    gm = copy.deepcopy(analysis.gm)
+    producers = {m.qualname for g in removals for m in g.members if m.role == "producer"}
+    gm = copy_sharing_tensors(analysis.gm, fresh=producers)
     resizer = Resizer(analysis, removal_masks(analysis, removals))
     with torch.no_grad():
         for group in removals:
