@@ -213,7 +213,7 @@ def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int
     expected = {n.name: [tuple(resizer.new_size(a) for a in t.axes()) for t in output_refs(n)]
                 for n in gm.graph.nodes}
     try:
-        propagate_shapes(gm, _fake_inputs(analysis.example_inputs))
+        propagate_shapes(gm, list(analysis.example_inputs))
     except Exception as exc:
         raise PruneError(f"the pruned graph does not run: {exc}") from exc
     for node in gm.graph.nodes:
@@ -228,6 +228,3 @@ def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int
     gm.meta["fxopt"] = meta
     return gm
 
-
-def _fake_inputs(inputs: Sequence[Any]) -> list[Any]:
-    return list(inputs)

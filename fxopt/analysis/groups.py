@@ -209,6 +209,4 @@ class ZeroPropagation:
                 k = (sink.axis.key, sink.axis.dim)
                 reason = why.get(k, f"nothing zeroes the channel before {sink.node.name}")
                 return False, f"{reason} (read by {sink.node.name})", names
-        if not sinks:
-            return True, None, names
         return True, None, names
