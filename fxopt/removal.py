@@ -176,12 +176,15 @@ def copy_sharing_tensors(gm: fx.GraphModule, fresh: set[str] = frozenset()) -> f
     return copy.deepcopy(gm, memo)
 
 
-def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int]]) -> fx.GraphModule:
+def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int]],
+                 verify: bool = True) -> fx.GraphModule:
     """Remove the given units of the given groups and return a smaller GraphModule that runs.
 
     Args:
         analysis: the result of ``fxopt.analyze``; its graph module is copied, never changed.
         removals: for each group (or group id), the unit indices to remove.
+        verify: re-run the graph on fake tensors and check every tensor's new shape against the analysis
+            (skip only when the caller runs the model on real inputs right away).
 
     Returns:
         A new GraphModule with sliced parameters and rewritten shapes; ``gm.meta["fxopt"]["pruned"]`` lists
@@ -210,6 +213,17 @@ def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int
             rewriter(view, resizer)
     gm.graph.lint()
     gm.recompile()
+    if verify:
+        _verify_shapes(gm, analysis, resizer)
+    meta = dict(gm.meta.get("fxopt", {}))
+    meta["pruned"] = {"parameters": sliced, "rewritten": resizer.edited,
+                      "units": {(k.id if isinstance(k, Group) else k): len(v) for k, v in removals.items()}}
+    gm.meta["fxopt"] = meta
+    return gm
+
+
+def _verify_shapes(gm: fx.GraphModule, analysis: Analysis, resizer: Resizer) -> None:
+    """Propagate fake tensors through the pruned graph and compare every shape with the prediction."""
     expected = {n.name: [tuple(resizer.new_size(a) for a in t.axes()) for t in output_refs(n)]
                 for n in gm.graph.nodes}
     try:
@@ -222,9 +236,4 @@ def prune_groups(analysis: Analysis, removals: Mapping[Group | str, Sequence[int
         if want is not None and got and got != want:
             raise PruneError(f"{node.name} produced shape {got} but the analysis expected {want}; "
                              "an op rule or rewriter is wrong for this node")
-    meta = dict(gm.meta.get("fxopt", {}))
-    meta["pruned"] = {"parameters": sliced, "rewritten": resizer.edited,
-                      "units": {(k.id if isinstance(k, Group) else k): len(v) for k, v in removals.items()}}
-    gm.meta["fxopt"] = meta
-    return gm
 
