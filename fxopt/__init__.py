@@ -15,6 +15,7 @@ from fxopt.analysis.groups import FrozenGroup, Group, Member
 from fxopt.errors import AnalysisError, FxoptError, PruneError, TraceError
 from fxopt.removal import prune_groups
 from fxopt.trace import trace
+from fxopt.viz import visualize
 
 __all__ = [
     "Analysis",
@@ -28,4 +29,5 @@ __all__ = [
     "analyze",
     "prune_groups",
     "trace",
+    "visualize",
 ]

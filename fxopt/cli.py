@@ -1,0 +1,449 @@
+"""The ``fxopt`` command: analyse, optimize, draw and benchmark a model from the shell.
+
+    fxopt analyze torchvision:resnet50
+    fxopt optimize torchvision:resnet50 --target cpu --prune 0.5 --out model.pt2 --report report.html
+    fxopt viz hf:gpt2 -o graph.svg
+    fxopt bench timm:convnext_tiny
+
+MODEL is a built-in name (``fxopt list``) or ``package.module:factory`` / ``file.py:factory`` whose factory returns
+a module or ``(module, example_inputs)``. Errors print one line and exit non-zero: 2 for bad arguments, 1 when the
+work itself fails (a model that cannot be captured, a pass that fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io as io_module
+import json
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    """An error to report as one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (``fxopt viz: error: ...``) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as a single line and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Stage-by-stage progress on stderr: a tqdm bar on terminals, nothing when quiet or piped."""
+
+    def __init__(self, stages: Sequence[str], quiet: bool, stream: TextIO | None = None) -> None:
+        self._bar: Any = None
+        if quiet:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is optional: without it there is simply no bar
+            return
+        out = stream or sys.stderr
+        self._bar = tqdm(total=len(stages), file=out, disable=not getattr(out, "isatty", lambda: False)(), leave=False,
+                         ncols=80,
+                         bar_format="{desc:<28} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Show ``name`` while the block runs, then advance the bar."""
+        if self._bar is not None:
+            self._bar.set_description_str(name)
+        yield
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pruning ratio must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"pruning ratio must be in [0, 1), got {value:g}")
+    return value
+
+
+def _target(text: str) -> str:
+    from fxopt.errors import FxoptError
+    from fxopt.targets.registry import get_target
+
+    try:
+        get_target(text)
+    except FxoptError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _out(io: dict[str, TextIO], text: str = "") -> None:
+    io["out"].write(text + "\n")
+
+
+def _resolve(args: argparse.Namespace, progress: Progress) -> Any:
+    from fxopt.models import resolve
+
+    with progress.stage(f"build {args.model}"):
+        return resolve(args.model, args.input)
+
+
+def _analyze(model: Any, args: argparse.Namespace, progress: Progress) -> Any:
+    import fxopt
+
+    with progress.stage("trace + analyse"):
+        return fxopt.analyze(model.model, model.inputs, frontend=args.frontend)
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def cmd_list(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
+    """List the built-in models."""
+    from fxopt.models import zoo_names
+
+    for name in zoo_names():
+        if args.family is None or name.startswith(args.family + ":"):
+            _out(io, name)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
+    """Trace a model, find its groups and print them."""
+    progress = Progress(["build", "analyse"], args.quiet, io["err"])
+    model = _resolve(args, progress)
+    analysis = _analyze(model, args, progress)
+    progress.close()
+    info = analysis.gm.meta["fxopt"]["trace"]
+    _out(io, f"{model.name}: captured with {info.frontend}, {len(analysis.gm.graph.nodes)} nodes")
+    _out(io, analysis.summary())
+    rows = [(g.id, str(g.size), g.granularity, "exact" if g.exact else f"approx.: {g.reason}") for g in analysis.groups]
+    if rows:
+        _out(io)
+        _table(io, ("group", "units", "unit", "exactness"), rows[: args.limit])
+        if len(rows) > args.limit:
+            _out(io, f"... and {len(rows) - args.limit} more groups (--limit N shows more)")
+    if analysis.frozen:
+        _out(io)
+        _table(io, ("frozen group", "units", "frozen by", "reason"),
+               [(f.id, str(f.size), f.node or "", f.reason) for f in analysis.frozen[: args.limit]])
+    if args.json:
+        data = {
+            "model": model.name,
+            "frontend": info.frontend,
+            "groups": [{"id": g.id, "size": g.size, "width": g.width, "granularity": g.granularity,
+                        "exact": g.exact, "reason": g.reason,
+                        "members": [[m.qualname, m.dim, m.role] for m in g.members]} for g in analysis.groups],
+            "frozen": [{"id": f.id, "size": f.size, "reason": f.reason, "node": f.node} for f in analysis.frozen],
+            "barriers": [{"node": b.node.name, "op": b.op, "reason": b.reason, "hint": b.hint}
+                         for b in analysis.barriers],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=1))
+        _out(io, f"wrote {args.json}")
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
+    """Draw a model's graph with its groups."""
+    from fxopt.viz import visualize
+    from fxopt.viz.render import format_of
+
+    try:
+        format_of(Path(args.output), args.format)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    progress = Progress(["build", "analyse", "render"], args.quiet, io["err"])
+    model = _resolve(args, progress)
+    analysis = _analyze(model, args, progress)
+    collapse: Any = {"auto": "auto", "yes": True, "no": False}[args.collapse]
+    with progress.stage("render"):
+        picture = visualize(analysis, args.output, collapse=collapse, show_params=args.show_params,
+                            title=f"{model.name}: {type(model.model).__name__}", fmt=args.format,
+                            rankdir=args.rankdir)
+    progress.close()
+    if not picture.rendered:
+        io["err"].write(f"fxopt viz: warning: {picture.message}\n")
+        return 0
+    _out(io, f"wrote {picture.path} ({len(picture.graph.nodes)} nodes, {len(analysis.groups)} groups)")
+    return 0
+
+
+def _api() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    try:
+        from fxopt.api import optimize, report
+    except ImportError as exc:
+        raise CliError(f"this fxopt build cannot optimize ({exc}); update fxopt") from exc
+    return optimize, report
+
+
+def cmd_optimize(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
+    """Optimize a model for a target, save it, and write the report."""
+    from fxopt.viz.html import write_report
+
+    optimize, report_of = _api()
+    progress = Progress(["build", "optimize", "save", "report"], args.quiet, io["err"])
+    model = _resolve(args, progress)
+    with progress.stage(f"optimize for {args.target}"):
+        fast = optimize(model.model, model.inputs, target=args.target, prune=args.prune, compile=args.compile)
+    report = report_of(fast)
+    if args.out:
+        with progress.stage("save"):
+            from fxopt.serialization import save
+
+            save(fast, args.out, model.inputs)
+    if args.report:
+        with progress.stage("report"):
+            write_report(fast, args.report, original=model.model, inputs=model.inputs,
+                         title=f"fxopt report: {model.name}", graph=not args.no_graph, measure=not args.no_measure)
+    progress.close()
+    _out(io, report.to_text())
+    if args.out:
+        _out(io, f"wrote {args.out}")
+    if args.report:
+        _out(io, f"wrote {args.report}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
+    """Time the model before and after optimization."""
+    import torch
+
+    from fxopt.viz.timing import measure_ms
+
+    optimize, report_of = _api()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = Progress(["build", "optimize", "eager", "optimized"], args.quiet, io["err"])
+    model = _resolve(args, progress)
+    with progress.stage(f"optimize for {args.target}"):
+        fast = optimize(model.model, model.inputs, target=args.target, prune=args.prune, compile=args.compile)
+    report = report_of(fast)
+    measured = []
+    for label, m in (("eager", model.model), ("fxopt", fast)):
+        with progress.stage(f"time {label}"):
+            measured.append(measure_ms(m, model.inputs, args.warmup, args.iters))
+    progress.close()
+    predicted = (report.before.predicted_s * 1e3, report.after.predicted_s * 1e3)
+    params = (report.before.params, report.after.params)
+    rows = [(label, f"{ms:.3f}", f"{pred:.3f}", f"{n / 1e6:.2f}M", f"{measured[0] / max(ms, 1e-9):.2f}x")
+            for label, ms, pred, n in zip(("eager", "fxopt"), measured, predicted, params, strict=True)]
+    _out(io, f"{model.name} on {args.target} ({torch.get_num_threads()} threads, fastest of {args.iters} runs; "
+             f"{'compiled' if report.lowered else 'eager'} after {report.pipeline})")
+    _table(io, ("model", "measured ms", "predicted ms", "params", "speed-up"), rows)
+    return 0
+
+
+def _table(io: dict[str, TextIO], head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    widths[-1] = min(widths[-1], 80)
+    for r in [head, ["-" * w for w in widths], *rows]:
+        _out(io, "  ".join(str(c)[:80].ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+# ----------------------------------------------------------------------------------------------- parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="built-in name (torchvision:resnet50, timm:convnext_tiny, hf:gpt2; see `fxopt list`) "
+                        "or package.module:factory / file.py:factory")
+    p.add_argument("--input", action="append", metavar="SHAPE",
+                   help="example input shape, e.g. 1x3x224x224 or 1x16:int64 (repeat for several inputs); "
+                        "overrides the model's own example inputs")
+    p.add_argument("--frontend", choices=("auto", "fx", "export"), default="auto",
+                   help="graph capture: torch.fx symbolic tracing, torch.export, or fx with export as fallback")
+
+
+def _optimize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=_target, default="cpu",
+                   help="hardware target: cpu, a100, h100, h200 (default: cpu)")
+    p.add_argument("--prune", type=_ratio, default=None, metavar="RATIO",
+                   help="remove this share of every prunable group's units, in [0, 1) (default: no pruning)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip lowering with torch.compile")
+
+
+def build_parser() -> Parser:
+    """The argument parser of the ``fxopt`` command (every sub-command has ``--help``)."""
+    parser = Parser(prog="fxopt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fxopt {_version()}")
+    common = Parser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what fxopt does (passes, files)")
+    common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser("analyze", parents=[common], help="find a model's channel groups and frozen dims",
+                       description="Trace MODEL, find its zero-invariant channel groups, and print them with "
+                                   "the frozen groups and the nodes that have no channel rule.")
+    _model_args(p)
+    p.add_argument("--limit", type=_positive, default=40, help="rows per table (default: 40)")
+    p.add_argument("--json", metavar="PATH", help="also write the groups as JSON")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("optimize", parents=[common], help="optimize a model; save it and write a report",
+                       description="Run fxopt's pipeline for a target on MODEL (lossless unless --prune is "
+                                   "given), save the result and write an HTML report.")
+    _model_args(p)
+    _optimize_args(p)
+    p.add_argument("--out", metavar="PATH", help="save the optimized model (e.g. model.pt2)")
+    p.add_argument("--report", metavar="PATH", help="write the HTML report (e.g. report.html)")
+    p.add_argument("--no-graph", action="store_true", help="leave the graph picture out of the report")
+    p.add_argument("--no-measure", action="store_true", help="do not time the models for the report")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("viz", parents=[common], help="draw a model's graph with its groups coloured",
+                       description="Draw MODEL's graph: nodes with op and shapes, clusters by module, each group "
+                                   "in a stable colour, frozen dims marked. Needs Graphviz's `dot` for "
+                                   "SVG/PNG/PDF; without it the .dot text is written.")
+    _model_args(p)
+    p.add_argument("-o", "--output", default="graph.svg", metavar="PATH",
+                   help="output file; .svg, .png, .pdf or .dot (default: graph.svg)")
+    p.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="override the suffix")
+    p.add_argument("--collapse", choices=("auto", "yes", "no"), default="auto",
+                   help="draw repeated blocks as one box each (auto: above 250 nodes)")
+    p.add_argument("--show-params", action="store_true", help="draw parameter nodes of exported graphs")
+    p.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="layout direction (default: TB)")
+    p.set_defaults(func=cmd_viz)
+
+    p = sub.add_parser("bench", parents=[common], help="time a model before and after optimization",
+                       description="Optimize MODEL and time eager and optimized forward passes (fastest of "
+                                   "--iters runs), beside the latency fxopt predicts for the target.")
+    _model_args(p)
+    _optimize_args(p)
+    p.add_argument("--iters", type=_positive, default=20, help="timed runs; the fastest counts (default: 20)")
+    p.add_argument("--warmup", type=_positive, default=3, help="untimed runs first (default: 3)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("list", parents=[common], help="list the built-in models",
+                       description="List the built-in model names MODEL accepts.")
+    p.add_argument("--family", choices=("torchvision", "timm", "hf"), help="only this family")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fxopt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+    return (text[:400] + " …") if len(text) > 400 else text or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the ``fxopt`` command line; returns the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        stdout: where results go (default: ``sys.stdout``).
+        stderr: where errors and warnings go (default: ``sys.stderr``).
+
+    Example:
+        >>> main(["analyze", "torchvision:resnet18", "--quiet"])
+        0
+    """
+    io = {"out": stdout or sys.stdout, "err": stderr or sys.stderr}
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version and usage errors
+        return int(exc.code or 0)
+    handler = logging.StreamHandler(io["err"])
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("fxopt")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.simplefilter("ignore")
+            return _run(args, io)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _quiet_torch() -> None:
+    """Keep torch's own warnings (symbolic shapes, export diagnostics) off the terminal; --debug shows them."""
+    import torch
+
+    torch._logging.set_logs(all=logging.ERROR)
+
+
+def _run(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
+    """Run the chosen command; every failure becomes one line on stderr and an exit status."""
+    from fxopt.errors import FxoptError
+
+    prog = f"fxopt {args.command}"
+    try:
+        if args.debug:
+            return int(args.func(args, io))
+        _quiet_torch()
+        with contextlib.redirect_stderr(io_module.StringIO()):  # torch prints partial graphs on export errors
+            return int(args.func(args, io))
+    except CliError as exc:
+        io["err"].write(f"{prog}: error: {_one_line(exc)}\n")
+        return exc.code
+    except FxoptError as exc:
+        if args.debug:
+            traceback.print_exc(file=io["err"])
+        code = EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE
+        io["err"].write(f"{prog}: error: {_one_line(exc)}\n")
+        return code
+    except KeyboardInterrupt:
+        io["err"].write(f"{prog}: interrupted\n")
+        return 130
+    except Exception as exc:  # anything unexpected: one line, the traceback only with --debug
+        if args.debug:
+            traceback.print_exc(file=io["err"])
+        io["err"].write(f"{prog}: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+                        "traceback)\n")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
