@@ -89,7 +89,10 @@ def removal_masks(analysis: Analysis, removals: Mapping[Group | str, Sequence[in
     removed: dict[int, np.ndarray] = {}
     known = {id(g) for g in analysis.groups}
     for key, units in removals.items():
-        group = analysis.group(key) if isinstance(key, str) else key
+        try:
+            group = analysis.group(key) if isinstance(key, str) else key
+        except KeyError:
+            group = key
         if id(group) not in known:
             frozen = next((f for f in analysis.frozen if f.id == getattr(group, "id", key)), None)
             if frozen is not None:

@@ -156,13 +156,28 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
-    prop = FakeTensorProp(gm, mode)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(fake_inputs) > len(placeholders):
+        raise TraceError(f"{len(fake_inputs)} example inputs for a graph of {type(gm).__name__} that takes "
+                         f"{len(placeholders)} ({', '.join(n.name for n in placeholders)}); pass forward()'s inputs only")
+    prop = _TrackingProp(gm, mode)
     try:
         with mode:
             prop.propagate_dont_convert_inputs(*fake_inputs)
     except Exception as exc:  # the interpreter wraps the node's own error; keep it as the cause
-        node = getattr(prop, "_fxopt_current", None)
-        raise TraceError(f"shape propagation failed at node {node}: {exc}") from exc
+        node = prop.current.name if prop.current is not None else "?"
+        raise TraceError(f"shape propagation failed at node {node}: {_first_line(exc)}") from exc
+
+
+class _TrackingProp(FakeTensorProp):
+    """FakeTensorProp that remembers the node it is running, to name it when it fails."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        """Run ``n`` under fake tensors, recording it first."""
+        self.current = n
+        return super().run_node(n)
 
 
 def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:

@@ -185,6 +185,8 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), regist
                       key=lambda k: (facts.vars[k], k))
         if not any(k in zeros.producers for k in keys):
             continue  # no parameter writes these channels (unused buffer slices, consumer-only dims)
+        if len(next(iter(index.values()))) < 2:
+            continue  # a single unit can never be removed (a layer keeps at least one)
         members = tuple(
             Member(k[0][len(PARAM_PREFIX):], k[1], "producer" if k in zeros.producers else "consumer") for k in keys
         )

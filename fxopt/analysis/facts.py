@@ -93,7 +93,10 @@ class Facts:
             self.freeze(a, f"size mismatch {a.size} vs {b.size}")
             self.freeze(b, f"size mismatch {a.size} vs {b.size}")
             return
-        self.table.unify([self.var(a)], [self.var(b)])
+        if not self.table.unify([self.var(a)], [self.var(b)]):
+            reason = "channels are factored differently on the two sides (e.g. two different shuffles)"
+            self.freeze(a, reason)
+            self.freeze(b, reason)
 
     def transfer(self, out: Axis, inp: Axis) -> None:
         """``out`` holds ``inp``'s channels, zero where they are zero (views, copies, zero-preserving maps)."""

@@ -196,9 +196,7 @@ class ZeroPropagation:
             else:
                 ok = any(status(s) for s in touching)
             k = (rule.out.key, rule.out.dim)
-            if k in zero and zero[k] and not ok:
-                continue  # another rule of the same node already proved it zero
-            zero[k] = ok
+            zero[k] = zero.get(k, True) and ok  # several rules for one axis (cat inputs): all must hold
             if not ok:
                 why[k] = f"channel is not zero after {rule.node.name}"
         names = tuple(sorted({s.node.name for s in sinks.values()}))

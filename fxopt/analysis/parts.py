@@ -67,14 +67,14 @@ def _resolve(facts: Facts, part: Part) -> ElementLink | None:
         offset = (start // stride) % size
         facts.node = part.node
         for outer in big_atoms[:j]:
-            table.freeze(outer, f"selected at a fixed index by {part.node.name}")
+            _freeze(facts, outer, part, f"selected at a fixed index by {part.node.name}")
         inner = big_atoms[j + 1 :]
         if c == size:
             if not table.unify(small_atoms, [big_atoms[j], *inner]):
                 _freeze_both(facts, part)
             return None
         if c == 1:
-            table.freeze(big_atoms[j], f"single channel taken by {part.node.name}")
+            _freeze(facts, big_atoms[j], part, f"single channel taken by {part.node.name}")
             if not table.unify(small_atoms, inner):
                 _freeze_both(facts, part)
             return None
@@ -86,7 +86,7 @@ def _resolve(facts: Facts, part: Part) -> ElementLink | None:
                 _freeze_both(facts, part)
                 return None
             outer, inner_c = table.refine(big_atoms[j], size // c)
-            table.freeze(outer, f"selected at a fixed index by {part.node.name}")
+            _freeze(facts, outer, part, f"selected at a fixed index by {part.node.name}")
             if not table.unify(small_atoms, [inner_c, *inner]):
                 _freeze_both(facts, part)
             return None
@@ -112,7 +112,13 @@ def _leading(table: DimTable, atoms: list[int], c: int) -> int | None:
     return None
 
 
+def _freeze(facts: Facts, var: int, part: Part, reason: str) -> None:
+    for atom in facts.table.atoms(var):
+        facts.freeze_sites.setdefault(atom, part.node)
+    facts.table.freeze(var, reason)
+
+
 def _freeze_both(facts: Facts, part: Part) -> None:
     reason = f"{part.node.name} takes a range that is not a block of whole channels"
-    facts.table.freeze(facts.var(part.big), reason)
-    facts.table.freeze(facts.var(part.small), reason)
+    _freeze(facts, facts.var(part.big), part, reason)
+    _freeze(facts, facts.var(part.small), part, reason)

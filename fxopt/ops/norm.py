@@ -47,9 +47,7 @@ def batch_norm_rule(view: OpView, facts: Facts) -> None:
     w, b = view.params.get("weight"), view.params.get("bias")
     for out in outs:
         for d in range(x.ndim):
-            facts.same(out.axis(d), x.axis(d))
-            if d != c.dim:
-                facts.zero(out.axis(d), "all", [x.axis(d)])
+            facts.same(out.axis(d), x.axis(d))  # other dims: a zero row becomes the bias, not zero
         if w is not None and b is not None:
             facts.zero(out.axis(c.dim), "all", [w.axis(0), b.axis(0)])
         elif view.kind == "instance_norm" and w is None and b is None:
@@ -92,8 +90,9 @@ def layer_norm_rule(view: OpView, facts: Facts) -> None:
     for d in range(x.ndim):
         facts.same(out.axis(d), x.axis(d))
         normalized = d >= x.ndim - k
-        if not normalized:
-            facts.zero(out.axis(d), "all", [x.axis(d)])
+        if not normalized:  # a zero row normalizes to the bias: zero only without one
+            if b is None:
+                facts.zero(out.axis(d), "all", [x.axis(d)])
             continue
         j = d - (x.ndim - k)
         srcs: list[Axis] = []
@@ -150,7 +149,7 @@ def group_norm_rule(view: OpView, facts: Facts) -> None:
     w, b = view.params.get("weight"), view.params.get("bias")
     for d in range(x.ndim):
         facts.same(out.axis(d), x.axis(d))
-        if d != 1:
+        if d == 0 and b is None:  # a zero sample normalizes to zero; with a bias it becomes the bias
             facts.zero(out.axis(d), "all", [x.axis(d)])
     srcs = []
     for p in (w, b):

@@ -76,12 +76,13 @@ def pad_rule(view: OpView, facts: Facts) -> None:
     """Padding: padded dims are frozen; other dims pass through (zero stays zero)."""
     x, out = view.inputs[0], view.out
     assert x is not None
+    value = view.attrs.get("value")
+    zero_pad = value is None or (isinstance(value, (int, float)) and value == 0)
     for d in range(x.ndim):
-        if x.shape[d] == out.shape[d] and d < 2:
-            facts.transfer(out.axis(d), x.axis(d))
-        elif x.shape[d] == out.shape[d]:
+        if x.shape[d] == out.shape[d]:
             facts.same(out.axis(d), x.axis(d))
-            facts.zero(out.axis(d), "all", [x.axis(d)])
+            if zero_pad:  # a constant border of value v around a zero channel is not zero
+                facts.zero(out.axis(d), "all", [x.axis(d)])
         else:
             facts.freeze(x.axis(d), "padded dim")
             facts.freeze(out.axis(d), "padded dim")

@@ -311,6 +311,32 @@ def repeat_rule(view: OpView, facts: Facts) -> None:
             facts.zero(out.axis(d), "all", [x.axis(xd)])
 
 
+@REGISTRY.rewriter("repeat")
+def repeat_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Put the new number of copies into repeat_interleave / repeat when the copies factor shrank."""
+    x, out = view.inputs[0], view.out
+    assert x is not None
+    node = view.node
+    if view.attrs["interleave"]:
+        copies = Axis(f"{node.name}:copies", 0, view.attrs["repeats"])
+        if resizer.changed(copies):
+            resizer.set_arg(OpView(node, view.kind, view.inputs, {}, {"_argnames": ("input", "repeats", "dim")}),
+                            "repeats", resizer.new_size(copies))
+        return
+    lead = out.ndim - x.ndim
+    reps = list(view.attrs["repeats"])
+    new = list(reps)
+    for d in range(out.ndim):
+        xd = d - lead
+        if xd >= 0 and out.shape[d] != x.shape[xd]:
+            copies = Axis(f"{node.name}:copies{d}", 0, out.shape[d] // x.shape[xd])
+            new[d] = resizer.new_size(copies)
+    if new != reps:
+        node.args = (node.args[0], new)
+        node.kwargs = {}
+        resizer.touched(node)
+
+
 # ---------------------------------------------------------------- getitem / slicing / select / index
 def _getitem_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     src, idx = node.args[0], node.args[1]
@@ -589,7 +615,25 @@ def _no_tensor_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     return OpView(node, kind, (ref_of(node.args[0]) if node.args else None,), {}, {}, output_refs(node))
 
 
-register("size_read", [builtins.getattr, torch.numel] + methods("size", "dim", "numel", "get_device", "nelement")
+def _getattr_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    attr = node.args[1] if len(node.args) > 1 else None
+    x = ref_of(node.args[0])
+    if x is not None and isinstance(node.meta.get("val"), torch.Tensor):
+        if attr in ("T", "mT", "mH", "H"):
+            perm = list(range(x.ndim))
+            if attr in ("T", "H"):
+                perm.reverse()
+            elif x.ndim >= 2:
+                perm[-1], perm[-2] = perm[-2], perm[-1]
+            return OpView(node, "permute", (x,), {}, {"perm": perm}, output_refs(node))
+        if attr in ("data", "real"):
+            return OpView(node, "unary_zero", (x,), {}, {}, output_refs(node))
+        return OpView(node, "unknown", (x,), {}, {}, output_refs(node))
+    return OpView(node, kind, (x,), {}, {}, output_refs(node))
+
+
+register("size_read", [builtins.getattr], _getattr_form)
+register("size_read", [torch.numel] + methods("size", "dim", "numel", "get_device", "nelement")
          + aten_ops("sym_size", "sym_numel", "sym_stride", "size", "dim", "_assert_tensor_metadata", "_assert_async",
                     "_assert_scalar", "sym_constrain_range_for_size", "_functional_assert_async"), _no_tensor_form)
 
@@ -609,16 +653,23 @@ register("like", [getattr(torch, n) for n in LIKE] + aten_ops(*LIKE, "fill", "fi
          + methods("fill_", "zero_"), _no_tensor_form)
 
 
+POSITIONAL = ("arange", "linspace", "eye", "tensor", "scalar_tensor", "as_tensor", "randint", "new_tensor",
+              "rand", "randn")
+
+
 @REGISTRY.rule("factory")
 def factory_rule(view: OpView, facts: Facts) -> None:
-    """Tensor factories: new tensors whose dims couple through the ops that use them."""
+    """Constant-valued factories (zeros, ones, full) resize freely; position- or data-valued ones are frozen."""
+    if _name(view.node) in POSITIONAL:
+        for out in view.outputs:
+            for a in out.axes():
+                facts.freeze(a, f"{view.node.name} holds position-dependent values")
 
 
 @REGISTRY.rewriter("factory")
 def factory_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
     """Factories given an explicit size list get the new sizes of changed dims."""
-    if not view.outputs or _name(view.node) in ("arange", "linspace", "eye", "tensor", "scalar_tensor", "as_tensor",
-                                                 "randint", "new_tensor"):
+    if not view.outputs or _name(view.node) in POSITIONAL:
         return
     out = view.out
     sizes, _ = _size_args(view.node) if view.node.op == "call_method" else (list(view.node.args[:1]), False)

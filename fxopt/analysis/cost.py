@@ -1,0 +1,413 @@
+"""Cost model: per-node FLOPs and bytes as sympy expressions in the batch size ``B`` and sequence length ``S``,
+and a roofline time per target.
+
+Shapes come from re-running the graph under fake tensors whose batch dim (dim 0 of every input) and sequence
+dim (dim 1 of 2-D integer inputs, i.e. token ids) are symbolic, so a node's FLOPs read e.g.
+``2*B*S**2*768`` for attention scores. Graphs specialized to their example shapes (``torch.export`` output
+has its view sizes baked in) cannot run with other sizes: for them the costs are exact at the example shapes
+and scale linearly in ``B`` (``CostTable.symbolic`` is False).
+
+Time per node on a target is ``max(flops / (peak(dtype) * efficiency(category)), bytes / bandwidth)`` plus a
+fixed per-op overhead; the model's time is the sum over nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sympy
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import OpView
+
+if TYPE_CHECKING:
+    from fxopt.targets.spec import Target
+
+log = logging.getLogger(__name__)
+
+B, S = sympy.symbols("B S", positive=True, integer=True)
+VIEW_KINDS = frozenset({"reshape", "permute", "expand", "getitem", "slice", "select", "size_read", "split"})
+ELEMENTWISE = frozenset({"add", "mul", "div", "pow", "unary_zero", "unary_const", "compare", "where",
+                         "masked_fill", "prelu", "spatial", "pad", "normalize", "roll", "pixel_shuffle",
+                         "pixel_unshuffle"})
+NORM_FLOPS = {"batch_norm": 2, "instance_norm": 5, "layer_norm": 5, "group_norm": 5, "rms_norm": 4, "softmax": 5}
+MEMORY_KINDS = frozenset({"cat", "stack", "embedding", "index", "repeat", "like", "factory", "sort"})
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """The cost of one node.
+
+    Attributes:
+        node: node name.
+        kind: OpView kind.
+        category: ``"matmul"``, ``"conv"``, ``"depthwise"``, ``"attention"``, ``"norm"``, ``"elementwise"``,
+            ``"memory"``, ``"view"`` or ``"other"``; selects the target's efficiency.
+        flops: floating-point operations (multiply-add = 2).
+        bytes: bytes read and written (activations, parameters, outputs; views move nothing).
+        dtype: short dtype name of the output (``"fp32"``, ...).
+    """
+
+    node: str
+    kind: str
+    category: str
+    flops: sympy.Expr
+    bytes: sympy.Expr
+    dtype: str
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-node costs of a graph, with the example values of the symbols.
+
+    Attributes:
+        rows: one NodeCost per call node, in graph order.
+        bindings: the example value of each symbol name (``{"B": 1, "S": 128}``).
+        symbolic: whether the expressions come from symbolic shapes (else: exact at the example, linear in B).
+        target: the target ``time()`` uses by default.
+    """
+
+    rows: tuple[NodeCost, ...]
+    bindings: Mapping[str, int] = field(default_factory=dict)
+    symbolic: bool = True
+    target: Target | None = None
+
+    def total_flops(self) -> sympy.Expr:
+        """Total FLOPs as an expression."""
+        return sympy.Add(*[r.flops for r in self.rows])
+
+    def total_bytes(self) -> sympy.Expr:
+        """Total bytes as an expression."""
+        return sympy.Add(*[r.bytes for r in self.rows])
+
+    def _subs(self, values: Mapping[str, int]) -> dict[sympy.Symbol, int]:
+        merged = {**self.bindings, **values}
+        return {sym: int(merged[sym.name]) for sym in (B, S) if sym.name in merged}
+
+    def flops(self, **values: int) -> float:
+        """Total FLOPs at the example sizes, overridden by ``values`` (``B=8``)."""
+        return float(self.total_flops().xreplace(self._subs(values)))
+
+    def bytes(self, **values: int) -> float:
+        """Total bytes at the example sizes, overridden by ``values``."""
+        return float(self.total_bytes().xreplace(self._subs(values)))
+
+    def node_times(self, target: Target | None = None, **values: int) -> list[float]:
+        """Roofline time of each row on ``target`` (the table's target by default), in seconds."""
+        target = target or self.target
+        if target is None:
+            raise ValueError("no target: pass one or build the table with fxopt.cost(..., target=...)")
+        subs = self._subs(values)
+        times = []
+        for r in self.rows:
+            if r.category == "view":
+                times.append(0.0)
+                continue
+            f, b = float(r.flops.xreplace(subs)), float(r.bytes.xreplace(subs))
+            compute = f / (target.peak(r.dtype) * target.efficiency_of(r.category))
+            times.append(max(compute, b / target.memory_bandwidth) + target.op_overhead_s)
+        return times
+
+    def time(self, target: Target | None = None, **values: int) -> float:
+        """Predicted time of one forward pass on ``target``, in seconds."""
+        return math.fsum(self.node_times(target, **values))
+
+    def to_text(self, top: int = 15, target: Target | None = None) -> str:
+        """A table of the ``top`` most expensive nodes and the totals."""
+        target = target or self.target
+        subs = self._subs({})
+        lines = [f"cost at {', '.join(f'{k}={v}' for k, v in self.bindings.items()) or 'example shapes'}"
+                 f"{'' if self.symbolic else ' (specialized graph: linear in B)'}"]
+        lines.append(f"  total FLOPs = {sympy.factor_terms(self.total_flops())}")
+        lines.append(f"  total: {self.flops() / 1e9:.3f} GFLOP, {self.bytes() / 1e6:.1f} MB")
+        times = self.node_times(target) if target is not None else [0.0] * len(self.rows)
+        if target is not None:
+            lines.append(f"  predicted on {target.name}: {sum(times) * 1e3:.3f} ms")
+        order = sorted(range(len(self.rows)), key=lambda i: (-times[i], -float(self.rows[i].flops.xreplace(subs))))
+        lines.append(f"  {'node':32} {'kind':12} {'MFLOP':>10} {'MB':>8} {'ms':>8}  FLOPs")
+        for i in order[:top]:
+            r = self.rows[i]
+            f, b = float(r.flops.xreplace(subs)), float(r.bytes.xreplace(subs))
+            lines.append(f"  {r.node[:32]:32} {r.kind[:12]:12} {f / 1e6:10.2f} {b / 1e6:8.2f} "
+                         f"{times[i] * 1e3:8.3f}  {r.flops}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- symbolic shapes
+def _dynamic_dims(x: torch.Tensor) -> dict[int, sympy.Symbol]:
+    dims = {0: B} if x.ndim >= 1 else {}
+    if x.ndim == 2 and not x.is_floating_point():
+        dims[1] = S
+    return dims
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+
+
+def symbolic_values(gm: fx.GraphModule, inputs: Sequence[Any]) -> tuple[dict[fx.Node, Any], dict[Any, sympy.Symbol]]:
+    """Run ``gm`` under fake tensors with symbolic batch/sequence dims; node values and symbol renaming.
+
+    Raises:
+        Exception: whatever the graph raises when its sizes are specialized (the caller falls back).
+    """
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    env = ShapeEnv(duck_shape=False)
+    mode = FakeTensorMode(shape_env=env, allow_non_fake_inputs=True)
+    renames: dict[Any, sympy.Symbol] = {}
+    fakes = []
+    for x in inputs:
+        if not isinstance(x, torch.Tensor):
+            fakes.append(x)
+            continue
+        dims = _dynamic_dims(x)
+        shape = [max(2, int(s)) if d in dims else int(s) for d, s in enumerate(x.shape)]
+        real = torch.zeros(shape, dtype=x.dtype)
+        ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC
+                                                      for d in range(x.ndim)])
+        fake = mode.from_tensor(real, symbolic_context=ctx)
+        for d, sym in dims.items():
+            renames[fake.shape[d].node.expr] = sym
+        fakes.append(fake)
+    rec = _Recorder(gm)
+    with mode:
+        rec.run(*fakes)
+    specialized = [str(sym) for expr, sym in renames.items() if expr in env.replacements]
+    if specialized:
+        raise ValueError(f"the graph specializes {', '.join(specialized)} to a constant")
+    return dict(rec.env), renames
+
+
+# ---------------------------------------------------------------- per-node formulas
+def _numel(shape: Sequence[Any]) -> sympy.Expr:
+    return sympy.Mul(*[_expr(s) for s in shape]) if shape else sympy.Integer(1)
+
+
+def _expr(s: Any) -> sympy.Expr:
+    if isinstance(s, torch.SymInt):
+        return sympy.sympify(s.node.expr)
+    return sympy.Integer(int(s))
+
+
+def _tensors(value: Any) -> list[Any]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _short_dtype(value: Any) -> str:
+    from fxopt.targets.spec import DTYPE_NAMES
+
+    ts = _tensors(value)
+    return DTYPE_NAMES.get(str(ts[0].dtype).replace("torch.", ""), "fp32") if ts else "fp32"
+
+
+class _Shapes:
+    """Shapes of node values (symbolic where available) and of stored tensors."""
+
+    def __init__(self, gm: fx.GraphModule, values: Mapping[fx.Node, Any] | None) -> None:
+        self.gm = gm
+        self.values = values or {}
+
+    def value(self, node: fx.Node | None) -> Any:
+        if node is None:
+            return None
+        if node in self.values:
+            return self.values[node]
+        return node.meta.get("val")
+
+    def shape(self, ref: Any) -> list[Any]:
+        if ref is None:
+            return []
+        if ref.node is not None:
+            v = self.value(ref.node)
+            ts = _tensors(v)
+            if ts:
+                return list(ts[0].shape)
+        return list(ref.shape)
+
+    def nbytes(self, ref: Any) -> sympy.Expr:
+        if ref is None:
+            return sympy.Integer(0)
+        v = self.value(ref.node) if ref.node is not None else None
+        ts = _tensors(v)
+        size = ts[0].element_size() if ts else 4
+        return _numel(self.shape(ref)) * size
+
+    def out_numel(self, node: fx.Node) -> sympy.Expr:
+        return sympy.Add(*[_numel(t.shape) for t in _tensors(self.value(node))]) if _tensors(
+            self.value(node)) else sympy.Integer(0)
+
+    def out_bytes(self, node: fx.Node) -> sympy.Expr:
+        ts = _tensors(self.value(node))
+        return sympy.Add(*[_numel(t.shape) * t.element_size() for t in ts]) if ts else sympy.Integer(0)
+
+
+def _matmul_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
+    a = sh.shape(view.inputs[0])
+    return 2 * sh.out_numel(view.node) * (_expr(a[-1]) if a else 1)
+
+
+def _conv_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
+    w = sh.shape(view.params.get("weight"))
+    per = _numel(w[1:])
+    base = sh.out_numel(view.node) if not view.attrs.get("transposed") else _numel(sh.shape(view.inputs[0]))
+    return 2 * base * per
+
+
+def _sdpa_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
+    q, k, v = (sh.shape(r) for r in view.inputs[:3])
+    if not (q and k and v):
+        return sh.out_numel(view.node)
+    scores = _numel(q[:-1]) * _expr(k[-2])
+    return 2 * scores * _expr(q[-1]) + 2 * scores * _expr(v[-1]) + 5 * scores
+
+
+def _mha_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
+    q, k = sh.shape(view.inputs[0]), sh.shape(view.inputs[1])
+    e = _expr(q[-1])
+    tokens_q, tokens_k = _numel(q) / e, _numel(k) / e
+    seq_k = _expr(k[1] if view.attrs.get("batch_first") else k[0])
+    return 4 * tokens_q * e * e + 4 * tokens_k * e * e + 4 * tokens_q * seq_k * e
+
+
+def _einsum_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
+    eq = str(view.attrs.get("equation", "")).replace(" ", "")
+    if "->" not in eq or "..." in eq:
+        return 2 * sh.out_numel(view.node)
+    lhs, rhs = eq.split("->")
+    sizes: dict[str, Any] = {}
+    for spec, ref in zip(lhs.split(","), view.inputs, strict=False):
+        for letter, size in zip(spec, sh.shape(ref), strict=False):
+            sizes[letter] = size
+    contracted = [sizes[c] for c in sizes if c not in rhs]
+    return 2 * sh.out_numel(view.node) * _numel(contracted)
+
+
+def node_cost(view: OpView, sh: _Shapes) -> NodeCost:
+    """FLOPs, bytes and category of one node from its OpView and (symbolic) shapes."""
+    kind, node = view.kind, view.node
+    out_n, out_b = sh.out_numel(node), sh.out_bytes(node)
+    act_in = sympy.Add(*[sh.nbytes(r) for r in view.inputs if r is not None and not r.is_param])
+    params = sympy.Add(*[sh.nbytes(r) for r in view.params.values() if r is not None])
+    flops: sympy.Expr = sympy.Integer(0)
+    category = "other"
+    if kind in VIEW_KINDS:
+        return NodeCost(node.name, kind, "view", sympy.Integer(0), sympy.Integer(0), _short_dtype(sh.value(node)))
+    if kind == "conv":
+        groups = int(view.attrs.get("groups", 1) or 1)
+        x = sh.shape(view.inputs[0])
+        depthwise = groups > 1 and x and len(x) > 1 and groups == int(view.inputs[0].shape[1])
+        flops, category = _conv_flops(view, sh) + out_n, "depthwise" if depthwise else "conv"
+    elif kind in ("linear", "matmul", "addmm"):
+        flops, category = _matmul_flops(view, sh) + (out_n if kind != "matmul" else 0), "matmul"
+    elif kind == "einsum":
+        flops, category = _einsum_flops(view, sh), "matmul"
+    elif kind == "sdpa":
+        flops, category = _sdpa_flops(view, sh), "attention"
+    elif kind == "mha":
+        flops, category = _mha_flops(view, sh), "attention"
+    elif kind in NORM_FLOPS:
+        flops, category = NORM_FLOPS[kind] * out_n, "norm"
+    elif kind in ELEMENTWISE or kind == "reduce":
+        base = out_n if kind != "reduce" else _numel(sh.shape(view.inputs[0]))
+        flops, category = base, "elementwise"
+    elif kind in MEMORY_KINDS:
+        category = "memory"
+    else:
+        flops = out_n
+    return NodeCost(node.name, kind, category, sympy.expand(flops), sympy.expand(act_in + params + out_b),
+                    _short_dtype(sh.value(node)))
+
+
+def _depends_on_inputs(gm: fx.GraphModule) -> set[fx.Node]:
+    dep: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or any(i in dep for i in n.all_input_nodes):
+            dep.add(n)
+    return dep
+
+
+def graph_cost(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), target: Target | None = None,
+               symbolic: bool = True) -> CostTable:
+    """The cost table of a traced graph module (``node.meta["val"]`` filled).
+
+    Args:
+        gm: the graph module.
+        example_inputs: the inputs it was traced with (placeholder order).
+        target: default target for ``CostTable.time``.
+        symbolic: try symbolic batch/sequence sizes (falls back to linear-in-B when the graph is specialized).
+    """
+    from fxopt.trace import _flat_inputs
+
+    inputs = _flat_inputs(gm, tuple(example_inputs)) if example_inputs else []
+    bindings: dict[str, int] = {}
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            for d, sym in _dynamic_dims(x).items():
+                bindings.setdefault(sym.name, int(x.shape[d]))
+    values, renames, ok = None, {}, False
+    info = gm.meta.get("fxopt", {}).get("trace") if isinstance(gm.meta.get("fxopt"), dict) else None
+    symbolic = symbolic and getattr(info, "frontend", "fx") != "export"  # export graphs have baked-in sizes
+    if symbolic and inputs:
+        try:
+            values, renames = symbolic_values(gm, inputs)
+            ok = True
+        except Exception as exc:  # specialized graphs fail in many ways; all mean "use the example shapes"
+            log.debug("symbolic shapes failed for %s: %s", type(gm).__name__, exc)
+    rows = _rows(gm, values, renames, bindings) if ok else None
+    if rows is not None and not _agrees(rows, _rows(gm, None, {}, bindings) or [], bindings):
+        log.debug("symbolic costs disagree with the example shapes; using the example shapes")
+        rows = None
+    if rows is None:
+        rows = _rows(gm, None, {}, bindings)
+        ok = False
+        bindings = {k: v for k, v in bindings.items() if k == "B"}
+    return CostTable(tuple(rows), bindings, ok, target)
+
+
+def _rows(gm: fx.GraphModule, values: Mapping[fx.Node, Any] | None, renames: Mapping[Any, sympy.Symbol],
+          bindings: Mapping[str, int]) -> list[NodeCost] | None:
+    """Node costs; symbolic when ``values`` are given (None if a stray symbol is left), else linear in B."""
+    sh = _Shapes(gm, values)
+    dep = _depends_on_inputs(gm)
+    batch0 = bindings.get("B", 1)
+    rows = []
+    for n in gm.graph.nodes:
+        if n.op not in ("call_module", "call_function", "call_method"):
+            continue
+        row = node_cost(REGISTRY.view(n, gm), sh)
+        if values is not None:
+            flops, nbytes = _rename(row.flops, renames), _rename(row.bytes, renames)
+            if not (flops.free_symbols | nbytes.free_symbols) <= {B, S}:
+                return None
+            row = NodeCost(row.node, row.kind, row.category, flops, nbytes, row.dtype)
+        elif n in dep and "B" in bindings:
+            row = NodeCost(row.node, row.kind, row.category, row.flops * B / batch0, row.bytes * B / batch0,
+                           row.dtype)
+        rows.append(row)
+    return rows
+
+
+def _agrees(symbolic: list[NodeCost], concrete: list[NodeCost], bindings: Mapping[str, int]) -> bool:
+    subs = {sym: bindings[sym.name] for sym in (B, S) if sym.name in bindings}
+    a = float(sympy.Add(*[r.flops for r in symbolic]).xreplace(subs))
+    b = float(sympy.Add(*[r.flops for r in concrete]).xreplace(subs))
+    return abs(a - b) <= 1e-6 * max(abs(b), 1.0)
+
+
+def _rename(expr: sympy.Expr, renames: Mapping[Any, sympy.Symbol]) -> sympy.Expr:
+    if not renames or not expr.free_symbols:
+        return expr
+    return sympy.expand(expr.xreplace(dict(renames)))

@@ -1,0 +1,99 @@
+"""Shared fixtures: deterministic, single-threaded torch and the ``rig`` of small checking helpers.
+
+The models in these tests are tiny; torch's intra-op threads only fight over the cores with the other pytest-xdist
+worker, which makes a 2x3x8x8 conv take 100x longer. One thread per worker is the fast setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+import fxopt
+from fxopt.testing import assert_equivalent, check_zero_invariance
+from fxopt.testing.equivalence import run
+from fxopt.testing.zero_invariance import zero_producers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class Rig:
+    """Helpers every rule test uses: member listings, random affine parameters, removal checked against zeroing."""
+
+    @staticmethod
+    def members(group: fxopt.Group | fxopt.FrozenGroup) -> set[tuple[str, int, str]]:
+        """``{(qualname, dim, "p" | "c")}``: the group's parameter slices and whether each is a producer."""
+        return {(m.qualname, m.dim, m.role[0]) for m in group.members}
+
+    @staticmethod
+    def randomize(model: nn.Module) -> nn.Module:
+        """Random values in every float parameter and buffer (positive running variances), eval mode.
+
+        Default norm parameters (weight 1, bias 0, mean 0, var 1) would let a wrong rule pass by luck.
+        """
+        with torch.no_grad():
+            for name, t in [*model.named_parameters(), *model.named_buffers()]:
+                if t.is_floating_point():
+                    t.copy_(torch.rand_like(t) + 0.5 if name.endswith("running_var") else torch.randn_like(t))
+        return model.eval()
+
+    def analyze(self, model: nn.Module, *inputs: torch.Tensor, frontend: str = "auto") -> fxopt.Analysis:
+        """``fxopt.analyze`` of the randomized model."""
+        return fxopt.analyze(self.randomize(model), tuple(inputs), frontend=frontend)  # type: ignore[arg-type]
+
+    @staticmethod
+    def group(analysis: fxopt.Analysis, prefix: str) -> fxopt.Group:
+        """The one group whose id starts with ``prefix``."""
+        found = [g for g in analysis.groups if g.id.startswith(prefix)]
+        assert len(found) == 1, f"{prefix!r} matches {[g.id for g in found]} among {[g.id for g in analysis.groups]}"
+        return found[0]
+
+    @staticmethod
+    def frozen(analysis: fxopt.Analysis, prefix: str) -> fxopt.FrozenGroup:
+        """The one frozen group whose id starts with ``prefix``."""
+        found = [f for f in analysis.frozen if f.id.startswith(prefix)]
+        assert len(found) == 1, f"{prefix!r} matches {[f.id for f in found]} among {[f.id for f in analysis.frozen]}"
+        return found[0]
+
+    @staticmethod
+    def errors(analysis: fxopt.Analysis) -> dict[str, float]:
+        """Run the zero-invariance oracle on every group (it raises if an exact group fails or a removal
+        errors); returns each group's relative error."""
+        checks = check_zero_invariance(analysis)
+        assert len(checks) == len(analysis.groups)
+        return {c.group: c.relative for c in checks}
+
+    @staticmethod
+    def prune(analysis: fxopt.Analysis, plan: Mapping[fxopt.Group, Sequence[int]]) -> fx.GraphModule:
+        """Remove ``plan``; the result must run, keep the output shapes and, for exact groups, equal zeroing."""
+        small = fxopt.prune_groups(analysis, plan)
+        inputs = list(analysis.example_inputs)
+        reference = run(analysis.gm, inputs)
+        outputs = run(small, inputs)
+        assert [o.shape for o in outputs] == [r.shape for r in reference]
+        if all(g.exact for g in plan):
+            assert_equivalent(zero_producers(analysis, {g: list(u) for g, u in plan.items()}), small, inputs)
+        return small
+
+    @staticmethod
+    def shapes(gm: nn.Module) -> dict[str, tuple[int, ...]]:
+        """Every parameter's and buffer's shape by name."""
+        return {k: tuple(v.shape) for k, v in gm.state_dict().items()}
+
+
+@pytest.fixture
+def rig() -> Rig:
+    """The shared checking helpers."""
+    return Rig()
