@@ -11,14 +11,20 @@ Example:
 
 from fxopt import ops  # noqa: F401  (registers the op rules)
 from fxopt.analysis.analysis import Analysis, analyze
+from fxopt.api import cost, optimize, report
 from fxopt.analysis.groups import FrozenGroup, Group, Member
 from fxopt.errors import AnalysisError, FxoptError, PruneError, TraceError
+from fxopt.passes import Pass, PassManager, PassResult, register_pass
+from fxopt.pruning import prune, remove_zero_groups
 from fxopt.removal import prune_groups
 from fxopt.trace import trace
 from fxopt.viz import visualize
 
 __all__ = [
     "Analysis",
+    "Pass",
+    "PassManager",
+    "PassResult",
     "AnalysisError",
     "FrozenGroup",
     "FxoptError",
@@ -27,6 +33,12 @@ __all__ = [
     "PruneError",
     "TraceError",
     "analyze",
+    "cost",
+    "optimize",
+    "prune",
+    "register_pass",
+    "remove_zero_groups",
+    "report",
     "prune_groups",
     "trace",
     "visualize",

@@ -17,3 +17,27 @@ class AnalysisError(FxoptError):
 
 class PruneError(FxoptError):
     """A requested removal is impossible (frozen group, out-of-range index, a group emptied)."""
+
+
+class PassError(FxoptError):
+    """A pass failed, a pipeline spec is invalid, or a graph no longer verifies after a pass.
+
+    Attributes:
+        pass_name: the failing pass (``None`` for spec errors raised before any pass ran).
+        previous: the passes that ran before it, in order.
+        node: the node the failure is attributed to, when known.
+    """
+
+    def __init__(self, message: str, pass_name: str | None = None, previous: tuple[str, ...] = (),
+                 node: str | None = None) -> None:
+        where = []
+        if pass_name is not None:
+            where.append(f"pass {pass_name!r}")
+        if node is not None:
+            where.append(f"node {node}")
+        if previous:
+            where.append(f"after {', '.join(previous)}")
+        super().__init__(f"{message} [{'; '.join(where)}]" if where else message)
+        self.pass_name = pass_name
+        self.previous = previous
+        self.node = node

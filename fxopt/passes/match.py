@@ -1,0 +1,187 @@
+"""Declarative local rewrites: a pattern of two OpView kinds, the checks that veto it, and the rewrite.
+
+A ``Pattern`` matches a node of kind ``second`` whose first tensor input is produced by a node of kind
+``first``. Each check returns ``None`` when the rewrite may fire or a reason when it must not; the reasons are
+recorded as ``Skip`` records, so the "when not to fire" cases sit next to the pattern and show up in reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.fx.operator_schemas import normalize_function
+
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import OpView, TensorRef
+from fxopt.passes.editor import GraphEditor
+
+log = logging.getLogger(__name__)
+
+CALL_OPS = ("call_module", "call_function", "call_method")
+
+
+def view_of(node: fx.Node, gm: fx.GraphModule) -> OpView | None:
+    """The OpView of a call node, ``None`` for placeholders, get_attr and output nodes."""
+    if node.op not in CALL_OPS:
+        return None
+    return REGISTRY.view(node, gm)
+
+
+def op_of(node: fx.Node, gm: fx.GraphModule) -> Any:
+    """The op object a call node runs: module class, function, ATen overload packet or Tensor method."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target)))
+    if node.op == "call_method":
+        return getattr(torch.Tensor, str(node.target), None)
+    if node.op == "call_function":
+        target = node.target
+        return target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
+    return None
+
+
+def call_kwargs(node: fx.Node) -> dict[str, Any] | None:
+    """All arguments of a call_function node by parameter name, defaults filled in (``None`` if unknown)."""
+    if node.op != "call_function":
+        return None
+    try:
+        pair = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return dict(pair.kwargs) if pair is not None else None
+
+
+def param_tensor(editor: GraphEditor, ref: TensorRef | None) -> torch.Tensor | None:
+    """The stored tensor behind a parameter TensorRef (``None`` when absent or computed by the graph)."""
+    if ref is None or ref.qualname is None:
+        return None
+    return editor.tensor(ref.qualname)
+
+
+def exclusive(editor: GraphEditor, view: OpView, roles: Sequence[str]) -> str | None:
+    """Reason why the parameters ``roles`` of ``view`` are not exclusively its own, else ``None``.
+
+    A parameter is exclusive when it is stored (not computed), has no tied alias, and only ``view.node`` reads
+    it (directly as a module call, or through get_attr nodes used by nothing else).
+    """
+    for role in roles:
+        ref = view.params.get(role)
+        if ref is None:
+            continue
+        if ref.qualname is None:
+            return f"its {role} is computed by the graph, not a stored parameter"
+        if len(editor.aliases(ref.qualname)) > 1:
+            return f"its {role} is tied to {', '.join(a for a in editor.aliases(ref.qualname) if a != ref.qualname)}"
+        for reader in editor.readers(ref.qualname):
+            if reader is view.node:
+                continue
+            if reader.op == "get_attr" and set(reader.users) <= {view.node}:
+                continue
+            return f"its {role} {ref.qualname} is also read by {reader.name}"
+    return None
+
+
+def single_user(node: fx.Node) -> str | None:
+    """Reason why ``node``'s output is read by more than one node, else ``None``."""
+    if len(node.users) != 1:
+        return f"{node.name} has {len(node.users)} users"
+    return None
+
+
+def tuple_source(node: fx.Node | None) -> fx.Node | None:
+    """For ``getitem(t, 0)`` of a tuple-valued node (ATen batch norm variants), the node ``t``; else ``node``."""
+    if (node is not None and node.op == "call_function" and node.target is operator.getitem
+            and isinstance(node.args[0], fx.Node) and node.args[1] == 0
+            and isinstance(node.args[0].meta.get("val"), (tuple, list))):
+        return node.args[0]
+    return node
+
+
+def main_output(node: fx.Node) -> fx.Node | str:
+    """The node holding ``node``'s main tensor: itself, or ``getitem(node, 0)`` for tuple-valued ops.
+
+    Returns a reason string when a tuple-valued node's other outputs are used or element 0 is read twice.
+    """
+    if not isinstance(node.meta.get("val"), (tuple, list)):
+        return node
+    firsts = [u for u in node.users if u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0]
+    others = [u for u in node.users if u not in firsts and u.users]
+    if others:
+        return f"{node.name}'s extra outputs are used by {others[0].name}"
+    if len(firsts) != 1:
+        return f"{node.name}'s output is read through {len(firsts)} getitem nodes"
+    return firsts[0]
+
+
+def erase_with_output(editor: GraphEditor, node: fx.Node, out: fx.Node) -> None:
+    """Erase ``node`` and, for tuple-valued nodes, its main-output getitem and its unused getitem users."""
+    if out is not node:
+        editor.erase(out)
+    for user in list(node.users):
+        if not user.users:
+            editor.erase(user)
+    editor.erase(node)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Two adjacent ops: ``first`` produces the tensor ``second`` reads."""
+
+    first: OpView
+    second: OpView
+    gm: fx.GraphModule
+
+
+Check = Callable[[Match, GraphEditor], "str | None"]
+Rewrite = Callable[[Match, GraphEditor], None]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A two-op rewrite: kinds to match, checks that veto it (first reason wins), and the rewrite."""
+
+    name: str
+    first: frozenset[str]
+    second: frozenset[str]
+    checks: tuple[Check, ...]
+    rewrite: Rewrite
+
+    def veto(self, match: Match, editor: GraphEditor) -> str | None:
+        """The first check's reason not to fire, or ``None``."""
+        for check in self.checks:
+            reason = check(match, editor)
+            if reason is not None:
+                return reason
+        return None
+
+
+def apply_patterns(gm: fx.GraphModule, editor: GraphEditor, patterns: Sequence[Pattern]) -> int:
+    """Apply ``patterns`` at every matching node, in graph order; return how many rewrites fired."""
+    fired = 0
+    for node in list(gm.graph.nodes):
+        if getattr(node, "_erased", False) or node.op not in CALL_OPS:
+            continue
+        second = view_of(node, gm)
+        if second is None or not second.inputs or second.inputs[0] is None:
+            continue
+        src = tuple_source(second.inputs[0].node)
+        for pattern in patterns:
+            if second.kind not in pattern.second or src is None:
+                continue
+            first = view_of(src, gm)
+            if first is None or first.kind not in pattern.first:
+                continue
+            match = Match(first, second, gm)
+            reason = pattern.veto(match, editor)
+            if reason is not None:
+                editor.skip(pattern.name, node, reason)
+                continue
+            pattern.rewrite(match, editor)
+            fired += 1
+            break
+    return fired

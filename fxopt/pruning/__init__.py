@@ -1,0 +1,40 @@
+"""Structured pruning on zero-invariant groups: importance, planning, removal, reconstruction.
+
+Example:
+    >>> from fxopt.pruning import prune
+    >>> small, report = prune(model, x, ratio=0.5, round_to=8)
+    >>> print(report.to_text())
+"""
+
+from fxopt.pruning.calibration import Calibration
+from fxopt.pruning.config import PruneConfig
+from fxopt.pruning.cost import Cost, CostModel, LatencyModel
+from fxopt.pruning.importance import (
+    CRITERIA,
+    Criterion,
+    ImportanceContext,
+    score_groups,
+)
+from fxopt.pruning.planner import GroupDecision
+from fxopt.pruning.pruner import prune
+from fxopt.pruning.reconstruction import ReaderFix
+from fxopt.pruning.report import PruneReport
+from fxopt.pruning.zero_groups import ZeroGroupsReport, remove_zero_groups
+
+__all__ = [
+    "CRITERIA",
+    "Calibration",
+    "Cost",
+    "CostModel",
+    "Criterion",
+    "GroupDecision",
+    "ImportanceContext",
+    "LatencyModel",
+    "PruneConfig",
+    "PruneReport",
+    "ReaderFix",
+    "ZeroGroupsReport",
+    "prune",
+    "remove_zero_groups",
+    "score_groups",
+]

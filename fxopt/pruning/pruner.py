@@ -1,0 +1,207 @@
+"""``fxopt.pruning.prune``: analyse, score, plan, remove and reconstruct in one call."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+
+from fxopt.analysis.analysis import Analysis, analyze
+from fxopt.analysis.groups import Group
+from fxopt.errors import PruneError
+from fxopt.pruning.calibration import Calibration, CalibrationCache, LossFn
+from fxopt.pruning.config import PruneConfig
+from fxopt.pruning.cost import CostModel, LatencyModel
+from fxopt.pruning.importance import (
+    CRITERIA,
+    Criterion,
+    ImportanceContext,
+    ScoreFn,
+    score_groups,
+)
+from fxopt.pruning.planner import GroupDecision, make_plan, module_types, select_groups
+from fxopt.pruning.reconstruction import reconstruct
+from fxopt.pruning.report import PruneReport
+from fxopt.pruning.units import graph_inputs, param_count
+from fxopt.removal import prune_groups
+from fxopt.trace import propagate_shapes
+
+log = logging.getLogger(__name__)
+
+
+def resolve_round_to(round_to: int | None, target: Any) -> int:
+    """The alignment: explicit ``round_to``, else the target's channel alignment, else 1."""
+    if round_to is not None:
+        return int(round_to)
+    alignment = getattr(target, "alignment", None)
+    if callable(alignment):
+        return max(int(alignment("fp32")), 1)
+    return 1
+
+
+def make_criterion(spec: str | Criterion | ScoreFn, normalize: str | None) -> Criterion:
+    """A criterion instance from a name, instance or function, with the normalization override applied."""
+    crit = CRITERIA.create(spec)
+    if normalize is not None:
+        crit = dataclasses.replace(crit, normalize=normalize)
+    return crit
+
+
+def remove_robustly(analysis: Analysis, removals: dict[Group, list[int]]) \
+        -> tuple[fx.GraphModule, dict[Group, list[int]], dict[str, str]]:
+    """``prune_groups`` on all removals; when it raises, find and drop the groups that make it fail.
+
+    Returns the pruned module, the removals actually applied, and the error per dropped group.
+    """
+    try:
+        return prune_groups(analysis, removals), removals, {}
+    except Exception as exc:  # any failure in removal is narrowed down to the groups causing it below
+        log.info("removal of %d groups failed (%s); checking groups one by one", len(removals), exc)
+    failed: dict[str, str] = {}
+    kept: dict[Group, list[int]] = {}
+    for g, units in removals.items():
+        try:
+            prune_groups(analysis, {g: units})
+        except Exception as exc:  # this group cannot be removed alone: report it, keep the rest going
+            failed[g.id] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        else:
+            kept[g] = units
+    while kept:
+        try:
+            return prune_groups(analysis, kept), kept, failed
+        except Exception as exc:  # groups fine alone but not together: drop the last one and retry
+            g = next(reversed(kept))
+            failed[g.id] = f"fails in combination: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            del kept[g]
+    return prune_groups(analysis, {}), {}, failed
+
+
+def unshare(pruned: torch.nn.Module, original: torch.nn.Module) -> int:
+    """Give ``pruned`` its own copy of every tensor it still shares with ``original`` (ties inside it kept).
+
+    Removal shares unchanged tensors to save memory; a pruned model that users fine-tune must not write into the
+    model they started from. Returns the number of tensors copied.
+    """
+    theirs = {id(t) for t in [*original.parameters(), *original.buffers()]}
+    copies: dict[int, torch.Tensor] = {}
+    named = [*pruned.named_parameters(remove_duplicate=False), *pruned.named_buffers(remove_duplicate=False)]
+    for name, t in named:
+        if id(t) not in theirs:
+            continue
+        new = copies.get(id(t))
+        if new is None:
+            data = t.detach().clone()
+            new = torch.nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) \
+                else data
+            copies[id(t)] = new
+        owner_path, _, leaf = name.rpartition(".")
+        owner = pruned.get_submodule(owner_path) if owner_path else pruned
+        if isinstance(new, torch.nn.Parameter):
+            owner._parameters[leaf] = new
+        elif leaf in owner._buffers:
+            owner._buffers[leaf] = new
+        else:
+            setattr(owner, leaf, new)
+    return len(copies)
+
+
+def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config: PruneConfig | None = None, *,
+          calibration: Iterable[Any] | Calibration | None = None, loss_fn: LossFn | None = None,
+          target: Any = None, criterion: str | Criterion | ScoreFn | None = None,
+          **options: Any) -> tuple[fx.GraphModule, PruneReport]:
+    """Structured pruning of ``model``: returns a physically smaller GraphModule and a PruneReport.
+
+    Args:
+        model: an ``nn.Module`` (traced and analysed here) or an Analysis from ``fxopt.analyze``.
+        example_inputs: a tensor or tuple of positional inputs (not needed for an Analysis).
+        config: a PruneConfig; alternatively pass its fields as keyword ``options``.
+        calibration: batches of real inputs for data-aware criteria and reconstruction (with ``loss_fn``,
+            ``(inputs, target)`` pairs).
+        loss_fn: ``loss_fn(output, target)`` for the Taylor criterion.
+        target: a Target (for its channel alignment and roofline numbers) or None.
+        criterion: a criterion name, a Criterion instance or a function ``fn(ctx, group) -> scores``;
+            overrides ``config.criterion``.
+        **options: PruneConfig fields (``ratio=0.5``, ``round_to=8``, ``reconstruct="ls"`` ...).
+
+    Returns:
+        ``(pruned GraphModule, PruneReport)``. The input model is not modified.
+
+    Raises:
+        ValueError: invalid options, or a data-aware criterion/reconstruction without calibration data.
+
+    Example:
+        >>> small, report = fxopt.pruning.prune(model, x, ratio=0.5, round_to=8)
+        >>> print(report.to_text())
+        >>> small, report = fxopt.pruning.prune(model, x, ratio=0.3, criterion="variance", reconstruct="ls",
+        ...                                     calibration=[x1, x2, x3])
+    """
+    start = time.perf_counter()
+    if config is None:
+        config = PruneConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    analysis = model if isinstance(model, Analysis) else analyze(model, example_inputs)
+    types = {**module_types(analysis.gm), **module_types(None if isinstance(model, Analysis) else model)}
+    cal = Calibration.of(calibration, loss_fn)
+    crit = make_criterion(criterion if criterion is not None else config.criterion, config.normalize)
+    if crit.needs_data and cal is None:
+        raise ValueError(f"criterion {config.criterion!r} needs calibration data: pass calibration=batches")
+    if config.reconstruct is not None and cal is None:
+        raise ValueError(f"reconstruct={config.reconstruct!r} needs calibration data: pass calibration=batches")
+    round_to = resolve_round_to(config.round_to, target)
+    eligible, decisions, ignored = select_groups(analysis, config, types)
+    cache = CalibrationCache(analysis, cal)
+    ctx = ImportanceContext(analysis, cache)
+    scores = score_groups(ctx, eligible, crit)
+    cost = CostModel(analysis, LatencyModel.from_target(target))
+    removals, planned, achieved = make_plan(analysis, eligible, scores, config, round_to, types, cost)
+    decisions.update(planned)
+    gm, applied, failures = remove_robustly(analysis, removals)
+    for gid, why in failures.items():
+        d = decisions[gid]
+        decisions[gid] = GroupDecision(d.group, d.granularity, d.size, 0, d.exact, "failed", why)
+    fixes = []
+    if config.reconstruct is not None and applied:
+        n_nodes = len(gm.graph.nodes)
+        assert cal is not None
+        fixes = reconstruct(analysis, gm, applied, config.reconstruct, cal, config.ridge)
+        if len(gm.graph.nodes) != n_nodes:
+            propagate_shapes(gm, graph_inputs(analysis, analysis.example_inputs))
+    unshare(gm, analysis.gm)
+    dense, after = cost.evaluate(), cost.evaluate(cost.kept_after(applied))
+    report = PruneReport(
+        config=config, criterion=repr(crit), round_to=round_to,
+        decisions=tuple(decisions[g.id] for g in analysis.groups if g.id in decisions),
+        ignored={k: tuple(v) for k, v in ignored.items()},
+        params_before=param_count(analysis.gm), params_after=param_count(gm),
+        macs_before=dense.macs, macs_after=after.macs, latency_ratio=after.latency / max(dense.latency, 1e-30),
+        budget_achieved=achieved, reconstruction=tuple(fixes), notes=dict(ctx.notes),
+        seconds=time.perf_counter() - start,
+    )
+    meta = dict(gm.meta.get("fxopt", {}))
+    meta["prune_report"] = report
+    gm.meta["fxopt"] = meta
+    log.info("%s", report.to_text())
+    return gm, report
+
+
+def plan_only(analysis: Analysis, config: PruneConfig, scores: Mapping[Group, Sequence[float]] | None = None,
+              round_to: int = 1) -> dict[Group, list[int]]:
+    """The removals ``prune`` would make with given (or L2) scores, without removing anything."""
+    eligible, _, _ = select_groups(analysis, config, module_types(analysis.gm))
+    if scores is None:
+        ctx = ImportanceContext(analysis, CalibrationCache(analysis, None))
+        scores = score_groups(ctx, eligible, make_criterion("l2", None))
+    import numpy as np
+
+    removals, _, _ = make_plan(analysis, eligible, {g: np.asarray(s) for g, s in scores.items()}, config, round_to,
+                               cost=CostModel(analysis))
+    return removals
+
+
+__all__ = ["PruneError", "plan_only", "prune", "remove_robustly", "resolve_round_to"]

@@ -1,0 +1,176 @@
+"""Reading a group's units out of tensors: parameter slices and activation channels per unit.
+
+``Analysis.unit_slices`` gives the indices of each unit along each *member* parameter axis. Importance criteria
+and reconstruction also need the indices along *activation* axes (the input of the layer that reads a group's
+channels) and the parameter values themselves; both are computed here from the analysis' atomic classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from fxopt.analysis.analysis import Analysis
+from fxopt.analysis.groups import Group, Member
+from fxopt.ops.view import PARAM_PREFIX
+
+
+def get_tensor(module: torch.nn.Module, qualname: str) -> torch.Tensor | None:
+    """The parameter or buffer ``qualname`` of ``module`` (``None`` when there is no such tensor)."""
+    prefix, _, leaf = qualname.rpartition(".")
+    try:
+        owner = module.get_submodule(prefix) if prefix else module
+    except AttributeError:
+        return None
+    value = getattr(owner, leaf, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def is_parameter(module: torch.nn.Module, qualname: str) -> bool:
+    """Whether ``qualname`` names an ``nn.Parameter`` (buffers such as running statistics are not weights)."""
+    return isinstance(get_tensor(module, qualname), torch.nn.Parameter)
+
+
+def axis_unit_indices(analysis: Analysis, group: Group, key: str, dim: int) -> np.ndarray | None:
+    """Indices along axis ``dim`` of tensor ``key`` owned by each unit of ``group``: a ``(size, k)`` array.
+
+    Works for activations (``key`` is the node name) and parameters (``key`` is ``"param:" + qualname``). Returns
+    ``None`` when the axis does not carry the group's channels. Same layout as ``Analysis.unit_slices``
+    (row-major over the axis' atoms), computed with broadcasting instead of a loop over units.
+    """
+    atoms = analysis.axes.of((key, dim))
+    if not atoms or not any(a in group.index for a in atoms):
+        return None
+    idx = np.zeros((group.size, 1), dtype=np.int64)
+    for a in atoms:
+        size = analysis.facts.table.size[a]
+        sel = group.index[a] if a in group.index else np.broadcast_to(np.arange(size), (group.size, size))
+        idx = (idx[:, :, None] * size + sel[:, None, :]).reshape(group.size, -1)
+    return idx
+
+
+def unit_slices(analysis: Analysis, group: Group) -> dict[Member, np.ndarray]:
+    """``Analysis.unit_slices`` for the members, vectorized (members whose axis has no atoms are left out)."""
+    out = {}
+    for m in group.members:
+        idx = axis_unit_indices(analysis, group, PARAM_PREFIX + m.qualname, m.dim)
+        if idx is not None:
+            out[m] = idx
+    return out
+
+
+def unit_rows(tensor: torch.Tensor, dim: int, indices: np.ndarray) -> torch.Tensor:
+    """``tensor``'s slices of each unit as a ``(units, k * rest)`` matrix; ``indices`` is ``(units, k)``."""
+    flat = torch.as_tensor(indices.reshape(-1), device=tensor.device, dtype=torch.long)
+    picked = tensor.detach().index_select(dim, flat).movedim(dim, 0)
+    return picked.reshape(indices.shape[0], -1)
+
+
+def dim_sums(tensor: torch.Tensor, dim: int) -> np.ndarray:
+    """Sum of ``tensor`` over every dim but ``dim``: one value per index along ``dim`` (float64 numpy)."""
+    t = tensor.detach()
+    return t.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1).double().cpu().numpy()
+
+
+def member_sums(analysis: Analysis, group: Group, transform: Callable[[torch.Tensor], torch.Tensor],
+                module: torch.nn.Module | None = None, roles: tuple[str, ...] = ("producer", "consumer"),
+                parameters_only: bool = True, cache: dict[tuple[str, int], np.ndarray] | None = None) \
+        -> Iterator[tuple[Member, np.ndarray]]:
+    """Per member, ``sum over each unit's slices of transform(tensor)``: an array of ``group.size`` values.
+
+    Reduces each tensor to its member dim once (cached per ``(qualname, dim)`` in ``cache``), then sums the
+    unit's indices: no copy of the sliced weights is made.
+    """
+    source = analysis.gm if module is None else module
+    for member, idx in unit_slices(analysis, group).items():
+        if member.role not in roles:
+            continue
+        key = (member.qualname, member.dim)
+        vec = cache.get(key) if cache is not None else None
+        if vec is None:
+            t = get_tensor(source, member.qualname)
+            if t is None or (parameters_only and not isinstance(t, torch.nn.Parameter)) or t.device.type == "meta":
+                continue
+            powered = transform(t.detach())
+            vec = dim_sums(powered, member.dim)
+            if cache is not None:  # other members may read this tensor along another dim: reduce those now
+                for d in {m.dim for m in group.members} | {0, 1}:
+                    if d < powered.ndim:
+                        cache.setdefault((member.qualname, d), vec if d == member.dim else dim_sums(powered, d))
+        yield member, vec[idx].sum(1)
+
+
+def member_rows(analysis: Analysis, group: Group, module: torch.nn.Module | None = None,
+                parameters_only: bool = True) -> Iterator[tuple[Member, torch.Tensor]]:
+    """Each member's values per unit, ``(group.size, -1)``, from ``module`` (default: analysis.gm).
+
+    Buffers (running statistics, rotary tables) are skipped unless ``parameters_only`` is False.
+    """
+    source = analysis.gm if module is None else module
+    for member, idx in unit_slices(analysis, group).items():
+        t = get_tensor(source, member.qualname)
+        if t is None or (parameters_only and not isinstance(t, torch.nn.Parameter)):
+            continue
+        if t.device.type == "meta" or idx.size == 0:
+            continue
+        yield member, unit_rows(t, member.dim, idx)
+
+
+def owner_module(qualname: str) -> str:
+    """The module path owning a parameter: ``"layer1.0.conv1"`` for ``"layer1.0.conv1.weight"``."""
+    return qualname.rpartition(".")[0]
+
+
+def graph_inputs(analysis: Analysis, inputs: Any) -> list[Any]:
+    """A batch of model inputs as ``analysis.gm``'s placeholders take them (flattened for export graphs)."""
+    as_tuple = inputs if isinstance(inputs, tuple) else tuple(inputs) if isinstance(inputs, list) else (inputs,)
+    flat, _ = torch.utils._pytree.tree_flatten(as_tuple)
+    n_ph = sum(1 for n in analysis.gm.graph.nodes if n.op == "placeholder")
+    return list(flat) if len(flat) == n_ph else list(as_tuple)
+
+
+def static_batch(analysis: Analysis) -> int | None:
+    """The batch size baked into an exported graph (``None`` for symbolic-traced graphs, which take any batch)."""
+    info = analysis.gm.meta.get("fxopt", {}).get("trace")
+    if getattr(info, "frontend", None) != "export":
+        return None
+    for n in analysis.gm.graph.nodes:
+        val = n.meta.get("val") if n.op == "placeholder" else None
+        if isinstance(val, torch.Tensor) and val.ndim:
+            return int(val.shape[0])
+    return None
+
+
+def split_batch(analysis: Analysis, args: Sequence[Any], *extra: Any) -> list[tuple[list[Any], tuple[Any, ...]]]:
+    """Graph inputs (and per-sample ``extra`` values such as targets) cut into chunks an exported graph accepts.
+
+    Exported graphs have the example's batch size baked into their shape constants; a calibration batch that is a
+    multiple of it is run in pieces. Symbolic-traced graphs take the batch whole.
+    """
+    size = static_batch(analysis)
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.ndim]
+    if size is None or not tensors or tensors[0].shape[0] == size:
+        return [(list(args), extra)]
+    total = int(tensors[0].shape[0])
+    if total % size:
+        raise ValueError(f"calibration batch of {total} does not split into the exported graph's batch of {size}")
+
+    def cut(v: Any, i: int) -> Any:
+        return v[i:i + size] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == total else v
+
+    return [([cut(a, i) for a in args], tuple(cut(e, i) for e in extra)) for i in range(0, total, size)]
+
+
+def param_count(module: torch.nn.Module) -> int:
+    """Number of parameter elements (tied parameters counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def node_by_name(gm: fx.GraphModule, names: Sequence[str]) -> dict[str, fx.Node]:
+    """The nodes of ``gm`` with the given names."""
+    wanted = set(names)
+    return {n.name: n for n in gm.graph.nodes if n.name in wanted}

@@ -1,0 +1,15 @@
+"""Hardware targets as data, and the pipeline each one gets.
+
+Example:
+    >>> from fxopt.targets import get_target, pipeline_for, OptimizeOptions
+    >>> get_target("h100").peak("bf16")
+    989400000000000.0
+"""
+
+from fxopt.targets.cpu import calibrate_cpu, detect_cpu
+from fxopt.targets.pipeline import STAGES, OptimizeOptions, Stage, pipeline_for, resolve_precision
+from fxopt.targets.registry import TARGETS, get_target, register_target
+from fxopt.targets.spec import LoweringRecipe, Target
+
+__all__ = ["STAGES", "TARGETS", "LoweringRecipe", "OptimizeOptions", "Stage", "Target", "calibrate_cpu",
+           "detect_cpu", "get_target", "pipeline_for", "register_target", "resolve_precision"]

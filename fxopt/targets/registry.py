@@ -1,0 +1,67 @@
+"""Target registry: names to target factories (the CPU is detected on first use)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from fxopt.errors import FxoptError
+from fxopt.targets.cpu import detect_cpu
+from fxopt.targets.gpus import a100, h100, h200
+from fxopt.targets.spec import Target
+
+TargetFactory = Callable[[], Target]
+
+
+class TargetRegistry:
+    """Target factories by name; ``scoped()`` gives tests a private copy."""
+
+    def __init__(self) -> None:
+        self.factories: dict[str, TargetFactory] = {}
+
+    def register(self, name: str, factory: TargetFactory | Target) -> None:
+        """Register a target (or a function building it) under ``name``."""
+        self.factories[name] = factory if callable(factory) else (lambda t=factory: t)
+
+    def get(self, target: str | Target) -> Target:
+        """The target named ``target`` (a Target is returned as is).
+
+        Raises:
+            FxoptError: for unknown names, listing the registered ones.
+        """
+        if isinstance(target, Target):
+            return target
+        factory = self.factories.get(target)
+        if factory is None:
+            raise FxoptError(f"unknown target {target!r}; registered targets: {', '.join(self.names())}")
+        return factory()
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self.factories)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[TargetRegistry]:
+        """Context in which registrations are private and dropped at exit."""
+        saved = dict(self.factories)
+        try:
+            yield self
+        finally:
+            self.factories = saved
+
+
+TARGETS = TargetRegistry()
+TARGETS.register("cpu", detect_cpu)
+TARGETS.register("a100", a100)
+TARGETS.register("h100", h100)
+TARGETS.register("h200", h200)
+
+
+def get_target(target: str | Target) -> Target:
+    """Look up a target by name (``"cpu"``, ``"a100"``, ``"h100"``, ``"h200"``) or pass a Target through."""
+    return TARGETS.get(target)
+
+
+def register_target(name: str, target: Target | TargetFactory) -> None:
+    """Make ``target`` available under ``name`` (for ``optimize(target=name)``)."""
+    TARGETS.register(name, target)

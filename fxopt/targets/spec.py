@@ -1,0 +1,106 @@
+"""Targets as data: what a device can do (peak FLOP/s per dtype, bandwidth, alignment) and how to lower for it.
+
+Adding hardware means adding a ``Target``; passes and the pipeline builder read its fields, never its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPE_NAMES = {"float64": "fp64", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "int8": "int8",
+               "qint8": "int8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8"}
+"""torch dtype names to the short names targets use."""
+
+
+@dataclass(frozen=True)
+class LoweringRecipe:
+    """How ``torch.compile`` should be called for a target.
+
+    Attributes:
+        backend: the torch.compile backend.
+        mode: the torch.compile mode (``"max-autotune"`` on GPUs), or None.
+        freezing: let inductor treat parameters as constants (folds weights, prepacks them; inference only).
+        cuda_graphs: capture CUDA graphs.
+        tf32: the device has TF32 matmuls; they are enabled only when the precision option allows it.
+    """
+
+    backend: str = "inductor"
+    mode: str | None = None
+    freezing: bool = False
+    cuda_graphs: bool = False
+    tf32: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """A hardware target.
+
+    Attributes:
+        name: registry name (``"cpu"``, ``"a100"``, ...).
+        device: torch device type the model runs on.
+        peak_flops: dense peak FLOP/s per dtype short name (``"fp32"``, ``"tf32"``, ``"bf16"``, ...).
+        sparse_flops: peak FLOP/s with 2:4 semi-structured sparsity, per dtype (empty: no 2:4 support).
+        memory_bandwidth: main-memory bandwidth in bytes/s.
+        channel_alignment: channel multiple that runs at full speed, per dtype.
+        lowering: the torch.compile recipe.
+        cores: CPU cores used (0 for GPUs).
+        isa: instruction set (``"AVX512"``) or architecture (``"sm_90"``).
+        memory_bytes: device memory.
+        op_overhead_s: fixed cost per op (dispatch or kernel launch) in the roofline model.
+        efficiency: achievable fraction of peak compute per op category (``"matmul"``, ``"conv"``,
+            ``"depthwise"``, ``"attention"``, ...); missing categories use 1.0.
+        channels_last: conv nets run faster in channels_last memory format.
+        horizontal_fusion: fusing sibling matmuls pays off.
+        slow_dtypes: dtypes slower than fp32 here; the pipeline refuses them as precision.
+        auto_precision: the precision ``precision="auto"`` picks (None: stay in fp32).
+    """
+
+    name: str
+    device: str
+    peak_flops: Mapping[str, float] = field(hash=False)
+    memory_bandwidth: float
+    lowering: LoweringRecipe
+    sparse_flops: Mapping[str, float] = field(default_factory=dict, hash=False)
+    channel_alignment: Mapping[str, int] = field(default_factory=dict, hash=False)
+    cores: int = 0
+    isa: str = ""
+    memory_bytes: float = 0.0
+    op_overhead_s: float = 5e-6
+    efficiency: Mapping[str, float] = field(default_factory=dict, hash=False)
+    channels_last: bool = True
+    horizontal_fusion: bool = False
+    slow_dtypes: tuple[str, ...] = ()
+    auto_precision: str | None = None
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        """Peak FLOP/s for ``dtype`` (short name or torch dtype name); fp32's when the dtype is not listed."""
+        key = DTYPE_NAMES.get(dtype, dtype)
+        table = self.sparse_flops if sparse and self.sparse_flops else self.peak_flops
+        return float(table.get(key, self.peak_flops.get(key, self.peak_flops["fp32"])))
+
+    @property
+    def supports_2_4(self) -> bool:
+        """Whether 2:4 semi-structured sparsity runs faster here."""
+        return bool(self.sparse_flops)
+
+    def alignment(self, dtype: str = "fp32") -> int:
+        """Channel multiple for full speed with ``dtype`` (1 when the target does not care)."""
+        return int(self.channel_alignment.get(DTYPE_NAMES.get(dtype, dtype), 1))
+
+    def efficiency_of(self, category: str) -> float:
+        """Achievable fraction of peak compute for an op category."""
+        return float(self.efficiency.get(category, 1.0))
+
+    def describe(self) -> str:
+        """A one-line human description."""
+        flops = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in self.peak_flops.items())
+        where = f"{self.cores} cores {self.isa}" if self.cores else self.isa
+        return (f"{self.name} ({self.device}{', ' + where if where else ''}): peak TFLOP/s {flops}; "
+                f"{self.memory_bandwidth / 1e9:.0f} GB/s")
+
+    def options(self) -> dict[str, Any]:
+        """The target's fields as plain values (for reports)."""
+        return {"name": self.name, "device": self.device, "cores": self.cores, "isa": self.isa,
+                "peak_flops": dict(self.peak_flops), "memory_bandwidth": self.memory_bandwidth}

@@ -1,0 +1,119 @@
+"""fxopt.optimize / report / cost: lossless results, reports reachable through compile, clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fxopt.api import cost, optimize, report
+from fxopt.errors import FxoptError, PassError
+from fxopt.passes import PASSES
+from fxopt.report import Report
+from fxopt.testing import assert_equivalent
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Dropout(0.2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head(torch.relu(self.block(y) + y))
+
+
+@pytest.fixture
+def net(rig) -> nn.Module:  # type: ignore[no-untyped-def]
+    return rig.randomize(SmallNet())
+
+
+def test_optimize_without_lossy_options_matches_and_reports(net) -> None:
+    x = torch.randn(2, 3, 16, 16)
+    fast = optimize(net, x, compile=False, checked=True)
+    assert_equivalent(net, fast, (x,), rtol=1e-4, atol=1e-5)
+    r = report(fast)
+    assert isinstance(r, Report) and r.pipeline == "cleanup,fuse,channels_last"
+    assert r.after.params < r.before.params and r.after.nodes < r.before.nodes
+    assert r.result("fuse").metrics["fired"] == 3  # two BN folds and the linear merge
+    assert r.after.predicted_s < r.before.predicted_s
+    text = r.to_text()
+    assert "fuse: changed" in text and "parameters" in text and "predicted ms" in text
+
+
+def test_optimize_leaves_the_model_untouched(net) -> None:
+    before = copy.deepcopy(net.state_dict())
+    optimize(net, torch.randn(1, 3, 8, 8), compile=False)
+    after = net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_optimize_compiled_result_carries_report_and_matches() -> None:
+    model, x = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval(), torch.randn(2, 8)
+    fast = optimize(model, x, target="cpu")
+    assert hasattr(fast, "_orig_mod")
+    r = report(fast)
+    assert r.lowered or "kept eager" in (r.lowering_note or "")
+    assert_equivalent(model, fast, (x,))
+
+
+def test_optimize_explicit_pipeline_replaces_targets(net) -> None:
+    fast = optimize(net, torch.randn(1, 3, 8, 8), passes="cleanup,fold_bn", compile=False)
+    assert report(fast).pipeline == "cleanup,fold_bn"
+
+
+def test_optimize_training_mode_keeps_bn_and_warns(net) -> None:
+    net.train()
+    fast = optimize(net, torch.randn(2, 3, 8, 8), compile=False)
+    r = report(fast)
+    assert r.result("fuse").metrics["fired"] == 1  # only the linear merge
+    assert any("training mode" in w for w in r.warnings)
+
+
+def test_optimize_prune_without_prune_pass_raises_clear_error(net) -> None:
+    with PASSES.scoped():
+        PASSES.passes.pop("prune", None)
+        with pytest.raises(PassError, match="needs a pass registered as 'prune'"):
+            optimize(net, torch.randn(1, 3, 8, 8), prune=0.5, compile=False)
+
+
+def test_optimize_bf16_on_slow_cpu_is_refused(net, monkeypatch) -> None:
+    import dataclasses
+
+    from fxopt.targets import get_target
+
+    slow = dataclasses.replace(get_target("cpu"), slow_dtypes=("bf16", "fp16"))
+    with pytest.raises(PassError, match="slower than fp32"):
+        optimize(net, torch.randn(1, 3, 8, 8), target=slow, precision="bf16", compile=False)
+
+
+def test_report_of_plain_module_raises() -> None:
+    with pytest.raises(FxoptError, match="carries no fxopt report"):
+        report(nn.Linear(2, 2))
+
+
+def test_cost_of_model_is_symbolic_in_batch(net) -> None:
+    table = cost(net, torch.randn(1, 3, 8, 8))
+    assert table.symbolic and table.flops(B=4) == pytest.approx(4 * table.flops())
+    assert table.time() > 0
+
+
+def test_optimize_for_gpu_target_builds_its_pipeline_and_stays_lossless() -> None:
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x))
+
+    model, x = Attention().eval(), torch.randn(2, 5, 16)
+    fast = optimize(model, x, target="h100", compile=False)
+    r = report(fast)
+    assert r.pipeline == "cleanup,fuse(siblings=True),channels_last" and r.target == "h100"
+    assert r.result("fuse").metrics["fused_linears"] == 3
+    assert_equivalent(model, fast, (x,))
