@@ -6,6 +6,8 @@ The Report holds each pass's PassResult and the model's parameters, FLOPs and pr
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 
 from fxopt.passes.base import PassResult
@@ -73,6 +75,13 @@ class Report:
     def to_text(self) -> str:
         """A plain-text rendering."""
         return render_text(self)
+
+    def to_html(self, path: str, **options: Any) -> Any:
+        """Write the HTML report page; pass ``original=model`` (and the optimized module as ``module=``) for
+        per-layer charts, measured timings and the graph picture (see ``fxopt.viz.html.write_report``)."""
+        from fxopt.viz.html import write_report
+
+        return write_report(options.pop("module", self), path, **options)
 
 
 def _ratio(before: float, after: float) -> str:
