@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -184,6 +185,10 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / var
 
 
+def _pm(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    return [r["predicted_eager_ms"] for r in rows], [r["eager_ms"] for r in rows]
+
+
 def latest_rows(path: Path) -> list[dict[str, Any]]:
     """The last recorded row of every (model, batch) in a results file."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -197,7 +202,7 @@ def latest_rows(path: Path) -> list[dict[str, Any]]:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The Markdown results: per-model table, medians over the conv nets, cost-model rank correlation."""
-    commands = sorted({r.get("command", "python benchmarks/lossless.py") for r in rows})
+    commands = sorted({re.sub(r" --out \S+", "", r.get("command", "python benchmarks/lossless.py")) for r in rows})
     setups = sorted({f"{r['threads']} thread(s), {r.get('clock', 'wall')} clock, per-round {r.get('stat', 'median')}"
                      for r in rows})
     lines = [
@@ -219,6 +224,12 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['fxopt_ms']:.1f} | {r['fxopt_vs_eager']:.3f} | {r['compile_vs_eager']:.3f} | "
                      f"{r['fxopt_vs_compile']:.3f} | {r['predicted_eager_ms']:.1f} | {r['load_median']:.1f} | "
                      f"{r['rounds_used']}{'' if r['clean'] else ' (none clean)'} |")
+    if any(r.get("clock") == "cpu" for r in rows):
+        lines += ["", "Why one thread and CPU time: the machine (2 cores) was shared with other jobs (load average "
+                  "5-10). With 2 intra-op threads, every preemption stalls OpenMP barriers and wall times of "
+                  "identical runs spread 6-16x within a round; with one thread, the process CPU time of a run is "
+                  "stable to a few percent. All three variants run under the same setting, interleaved, so the "
+                  "ratios compare like with like; absolute times are single-core times."]
     conv = [r for r in rows if r["model"] in CONV_NETS]
     lines.append("")
     if conv:
@@ -230,8 +241,12 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"Slowest relative to eager: {worst['model']} batch {worst['batch']} at "
                      f"{worst['fxopt_vs_eager']:.3f}x.")
         rho = spearman([r["predicted_eager_ms"] for r in rows], [r["eager_ms"] for r in rows])
-        lines.append(f"Cost model: Spearman rank correlation of predicted vs measured eager time over "
-                     f"{len(rows)} rows: **{rho:.3f}**.")
+        lines.append(f"Cost model (`fxopt.cost(model, x, target='cpu')`, roofline with the detected CPU): Spearman "
+                     f"rank correlation of predicted vs measured eager time over all {len(rows)} rows: "
+                     f"**{rho:.3f}**" + "".join(
+                         f"; across the {len(sub)} models at batch {b}: **{spearman(*_pm(sub)):.3f}**"
+                         for b in sorted({r['batch'] for r in rows})
+                         if len(sub := [r for r in rows if r["batch"] == b]) > 2) + ".")
     return "\n".join(lines) + "\n"
 
 

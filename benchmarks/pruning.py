@@ -76,12 +76,22 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def macs(model: torch.nn.Module, inputs: Sequence[Any]) -> float:
-    """Multiply-accumulates of one forward (torch's FLOP counter / 2)."""
+    """Multiply-accumulates of one forward (torch's FLOP counter / 2).
+
+    nn.MultiheadAttention's fast path is turned off while counting: its fused kernel is invisible to the counter,
+    which would hide the q/k/v and output projections of torchvision's ViT. The counter does not count the
+    attention score products on CPU for any variant.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(*inputs)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return counter.get_total_flops() / 2
 
 
@@ -173,7 +183,10 @@ def latency(models: Sequence[str], rounds: int, do_compile: bool, threads: int) 
                 f"tp@{r}": partial(tp_prune, model, inputs, r)}
             for label, make in makers.items():
                 try:
-                    variants[label] = make()
+                    made = make()
+                    with torch.no_grad():
+                        made(*inputs)  # a pruned model that does not run is a failure of the tool that made it
+                    variants[label] = made
                 except Exception as exc:  # a tool failing on a model is a result, not a crash
                     errors[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
         for r in RATIOS:  # without approximate groups the two fxopt variants are the same model: time it once
