@@ -5,9 +5,10 @@ Two formats:
 * ``.pt2`` (default for that suffix): ``torch.export`` of the optimized graph module, saved with
   ``torch.export.save``. Loading gives a GraphModule of ATen ops; it needs only torch. Export needs example
   inputs: the ones ``optimize`` stored are used unless you pass others.
-* ``fx`` (any other suffix): the GraphModule itself, pickled by ``torch.save``. A GraphModule pickles its
-  generated code and its submodules (all ``torch.nn`` layers), not the user's classes; loading needs fxopt (for
-  the report it carries) and ``weights_only=False``, so load only files you trust.
+* ``fx`` (any other suffix): the GraphModule, pickled by ``torch.save``. A GraphModule pickles its generated
+  code and its submodules (all ``torch.nn`` layers), not the user's classes; loading needs fxopt (for the report
+  it carries) and ``weights_only=False``, so load only files you trust. Graphs captured by ``torch.export``
+  lose their input-shape check hooks in this format.
 
 Example:
     >>> fast = fxopt.optimize(model, x, compile=False)
@@ -17,11 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from fxopt.errors import FxoptError
 
@@ -39,6 +42,25 @@ def _format(path: Path, format: str | None) -> str:
 
 def _graph_module(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "_orig_mod", module)
+
+
+def plain_graph_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A plain, picklable GraphModule computing what ``module`` computes.
+
+    Graph modules unlifted from ``torch.export`` carry hooks and methods made of local functions (input checks,
+    train/eval guards) that pickle cannot store; the copy keeps the graph, the tensors and submodules it
+    references, and the input/output tree specs its code reads.
+    """
+    if not isinstance(module, fx.GraphModule):
+        return module
+    plain = fx.GraphModule(module, copy.deepcopy(module.graph), class_name=type(module).__name__)
+    for attr in ("_in_spec", "_out_spec"):
+        if hasattr(module, attr):
+            setattr(plain, attr, getattr(module, attr))
+    plain._tracer_cls = None  # unpickling re-traces the code; export's tracer class cannot be rebuilt
+    plain._tracer_extras = {}
+    plain.train(module.training)
+    return plain
 
 
 def save(module: torch.nn.Module, path: str | Path, example_inputs: Any = None, format: str | None = None) -> Path:
@@ -61,7 +83,8 @@ def save(module: torch.nn.Module, path: str | Path, example_inputs: Any = None, 
     fmt = _format(path, format)
     if fmt == "fx":
         # a GraphModule pickles its code and submodules but not its meta, where the report lives
-        torch.save({"fxopt_format": "fx", "module": gm, "meta": dict(getattr(gm, "meta", {}))}, path)
+        torch.save({"fxopt_format": "fx", "module": plain_graph_module(gm), "meta": dict(getattr(gm, "meta", {}))},
+                   path)
         return path
     if example_inputs is None:
         meta = getattr(gm, "meta", {}).get("fxopt", {})

@@ -39,6 +39,19 @@ ELEMENTWISE = frozenset({"add", "mul", "div", "pow", "unary_zero", "unary_const"
                          "pixel_unshuffle"})
 NORM_FLOPS = {"batch_norm": 2, "instance_norm": 5, "layer_norm": 5, "group_norm": 5, "rms_norm": 4, "softmax": 5}
 MEMORY_KINDS = frozenset({"cat", "stack", "embedding", "index", "repeat", "like", "factory", "sort"})
+COPY_METHODS = frozenset({"contiguous", "clone", "to", "type_as", "float", "double", "half", "bfloat16", "type",
+                          "detach", "copy_"})
+COPY_ATEN = frozenset({"clone", "_to_copy", "to", "contiguous", "detach", "alias", "lift_fresh_copy", "copy_", "copy"})
+
+
+def is_copy(node: fx.Node) -> bool:
+    """Whether a node only copies or casts its input (memory traffic, no arithmetic)."""
+    if node.op == "call_method":
+        return str(node.target) in COPY_METHODS
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__ in COPY_ATEN
+    return target is torch.clone
 
 
 @dataclass(frozen=True)
@@ -221,6 +234,7 @@ class _Shapes:
         self.values = values or {}
 
     def value(self, node: fx.Node | None) -> Any:
+        """The (symbolic) value of ``node``, else its recorded ``meta["val"]``."""
         if node is None:
             return None
         if node in self.values:
@@ -228,6 +242,7 @@ class _Shapes:
         return node.meta.get("val")
 
     def shape(self, ref: Any) -> list[Any]:
+        """Shape of a TensorRef: symbolic for activations, static for stored tensors."""
         if ref is None:
             return []
         if ref.node is not None:
@@ -238,6 +253,7 @@ class _Shapes:
         return list(ref.shape)
 
     def nbytes(self, ref: Any) -> sympy.Expr:
+        """Bytes of a TensorRef."""
         if ref is None:
             return sympy.Integer(0)
         v = self.value(ref.node) if ref.node is not None else None
@@ -246,10 +262,12 @@ class _Shapes:
         return _numel(self.shape(ref)) * size
 
     def out_numel(self, node: fx.Node) -> sympy.Expr:
+        """Elements of everything ``node`` outputs."""
         return sympy.Add(*[_numel(t.shape) for t in _tensors(self.value(node))]) if _tensors(
             self.value(node)) else sympy.Integer(0)
 
     def out_bytes(self, node: fx.Node) -> sympy.Expr:
+        """Bytes of everything ``node`` outputs."""
         ts = _tensors(self.value(node))
         return sympy.Add(*[_numel(t.shape) * t.element_size() for t in ts]) if ts else sympy.Integer(0)
 
@@ -320,6 +338,8 @@ def node_cost(view: OpView, sh: _Shapes) -> NodeCost:
         flops, category = _mha_flops(view, sh), "attention"
     elif kind in NORM_FLOPS:
         flops, category = NORM_FLOPS[kind] * out_n, "norm"
+    elif kind in ("unary_zero", "unary_const") and is_copy(node):
+        category = "memory"
     elif kind in ELEMENTWISE or kind == "reduce":
         base = out_n if kind != "reduce" else _numel(sh.shape(view.inputs[0]))
         flops, category = base, "elementwise"
