@@ -21,15 +21,17 @@ Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,22 @@ def output_layers(model: torch.nn.Module, inputs: Sequence[Any]) -> list[torch.n
     return list({id(m): m for m in found}.values())
 
 
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise TimeoutError in the main thread after ``seconds`` (Torch-Pruning can take hours on some graphs)."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"gave up after {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def tp_prune(model: torch.nn.Module, inputs: Sequence[Any], ratio: float) -> torch.nn.Module:
     """Torch-Pruning's MetaPruner, L2 magnitude, uniform ``ratio``, output layers ignored (on a copy)."""
     import torch_pruning as tp
@@ -123,6 +141,13 @@ def tp_prune(model: torch.nn.Module, inputs: Sequence[Any], ratio: float) -> tor
                                   pruning_ratio=ratio, ignored_layers=output_layers(model, inputs))
     pruner.step()
     return model.eval()
+
+
+def tp_prune_limited(model: torch.nn.Module, inputs: Sequence[Any], ratio: float, seconds: int = 900) \
+        -> torch.nn.Module:
+    """``tp_prune`` with a time limit."""
+    with time_limit(seconds):
+        return tp_prune(model, inputs, ratio)
 
 
 def fx_prune(model: torch.nn.Module, inputs: Sequence[Any], ratio: float, approximate: bool = False) -> torch.nn.Module:
@@ -180,7 +205,7 @@ def latency(models: Sequence[str], rounds: int, do_compile: bool, threads: int) 
             makers: dict[str, Callable[[], torch.nn.Module]] = {
                 f"fxopt@{r}": partial(fx_prune, model, inputs, r),
                 f"fxopt-approx@{r}": partial(fx_prune, model, inputs, r, approximate=True),
-                f"tp@{r}": partial(tp_prune, model, inputs, r)}
+                f"tp@{r}": partial(tp_prune_limited, model, inputs, r)}
             for label, make in makers.items():
                 try:
                     made = make()
