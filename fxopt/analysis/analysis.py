@@ -202,11 +202,10 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), regist
             gid += "'"
         used_ids.add(gid)
         size = len(next(iter(index.values())))
-        reasons = [table.frozen_reason(c) for c in classes]
-        reason = next((r for r in reasons if r is not None), None)
-        if reason is not None:
-            site = next((facts.freeze_sites.get(c) for c in classes if c in facts.freeze_sites), None)
-            frozen.append(FrozenGroup(gid, size, reason, site.name if site is not None else None, members))
+        frozen_class = next((c for c in classes if table.frozen_reason(c) is not None), None)
+        if frozen_class is not None:
+            frozen.append(FrozenGroup(gid, size, table.frozen_reason(frozen_class), table.frozen_site(frozen_class),
+                                      members))
             continue
         exact, why, sink_names = zeros.check(classes)
         width = _width(table, first_atoms, classes, index)

@@ -23,7 +23,7 @@ class DimTable:
         self.size: list[int] = []
         self.parent: list[int] = []
         self.children: list[tuple[int, ...] | None] = []
-        self.frozen: dict[int, str] = {}
+        self.frozen: dict[int, tuple[str, str | None]] = {}  # root -> (reason, name of the node that froze it)
         self.version = 0
 
     def new(self, size: int) -> int:
@@ -128,12 +128,19 @@ class DimTable:
                 return False
         return not a and not b
 
-    def freeze(self, v: int, reason: str) -> None:
-        """Mark every atom of ``v`` as not prunable, keeping the first reason given."""
+    def freeze(self, v: int, reason: str, site: str | None = None) -> None:
+        """Mark every atom of ``v`` as not prunable, keeping the first reason given and the node (``site``) that
+        gave it; refinement and union carry both along."""
         for r in self.atoms(v):
-            self.frozen.setdefault(r, reason)
+            self.frozen.setdefault(r, (reason, site))
         self.version += 1
 
     def frozen_reason(self, atom: int) -> str | None:
         """Why an atom may not be pruned, or ``None``."""
-        return self.frozen.get(self.find(atom))
+        entry = self.frozen.get(self.find(atom))
+        return entry[0] if entry is not None else None
+
+    def frozen_site(self, atom: int) -> str | None:
+        """The name of the node that froze an atom, or ``None`` (not frozen, or frozen outside any node)."""
+        entry = self.frozen.get(self.find(atom))
+        return entry[1] if entry is not None else None

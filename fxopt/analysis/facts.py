@@ -74,7 +74,6 @@ class Facts:
         self.sinks: list[Sink] = []
         self.parts: list[Part] = []
         self.barriers: list[Barrier] = []
-        self.freeze_sites: dict[int, fx.Node] = {}
         self.tags: list[tuple[Axis, str]] = []
         self.node: fx.Node | None = None
 
@@ -119,11 +118,7 @@ class Facts:
 
     def freeze(self, axis: Axis, reason: str) -> None:
         """``axis`` may not be pruned."""
-        v = self.var(axis)
-        if self.node is not None:
-            for atom in self.table.atoms(v):
-                self.freeze_sites.setdefault(atom, self.node)
-        self.table.freeze(v, reason)
+        self.table.freeze(self.var(axis), reason, self.node.name if self.node is not None else None)
 
     def zero(self, out: Axis, mode: ZeroMode, sources: Sequence[Axis | None]) -> None:
         """Channel of ``out`` is zero when ``mode`` of ``sources`` are zero."""

@@ -14,7 +14,7 @@ reason given for ``exact=False``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,6 +153,39 @@ def build_units(facts: Facts, links: list[ElementLink],
     return out
 
 
+def _parameter_only_nodes(order: dict[fx.Node, int]) -> set[fx.Node]:
+    """Nodes computed from parameters alone (``get_attr`` and what only they feed: ``w.t()``, ``w * scale``)."""
+    out: set[fx.Node] = set()
+    for node in sorted(order, key=order.__getitem__):
+        inputs = node.all_input_nodes
+        if node.op == "get_attr" or (node.op != "placeholder" and inputs and all(n in out for n in inputs)):
+            out.add(node)
+    return out
+
+
+def _producer_axes(rules: Sequence[ZeroRule], order: dict[fx.Node, int]) -> set[tuple[str, int]]:
+    """Parameter axes that write activation channels.
+
+    A parameter axis is a producer when zeroing it zeroes a channel of an activation: it is a source of a zero rule
+    whose node reads an activation, directly or through a chain of parameter-only nodes (``x @ w.t()`` makes
+    ``w``'s dim 0 a producer through the transpose; ``w``'s dim 1 only meets the contraction and stays a consumer).
+    """
+    param_only = _parameter_only_nodes(order)
+    roots: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    producers: set[tuple[str, int]] = set()
+    for rule in sorted(rules, key=lambda r: order.get(r.node, 0)):
+        found: set[tuple[str, int]] = set()
+        for s in rule.sources:
+            if s is not None:
+                k = (s.key, s.dim)
+                found |= {k} if s.key.startswith(PARAM_PREFIX) else roots.get(k, set())
+        if rule.node in param_only:
+            roots.setdefault((rule.out.key, rule.out.dim), set()).update(found)
+        else:
+            producers |= found
+    return producers
+
+
 class ZeroPropagation:
     """Evaluates, group by group, whether zeroed producers make every sink see zeros."""
 
@@ -165,9 +198,7 @@ class ZeroPropagation:
         for rule in facts.zero_rules:
             for c in set(axes.of(rule.out)):
                 self.rules_by_class[c].append(rule)
-            for s in rule.sources:
-                if s is not None and s.key.startswith(PARAM_PREFIX):
-                    self.producers.add((s.key, s.dim))
+        self.producers = _producer_axes(facts.zero_rules, order)
         for sink in facts.sinks:
             for c in set(axes.of(sink.axis)):
                 self.sinks_by_class[c].append(sink)

@@ -113,9 +113,7 @@ def _leading(table: DimTable, atoms: list[int], c: int) -> int | None:
 
 
 def _freeze(facts: Facts, var: int, part: Part, reason: str) -> None:
-    for atom in facts.table.atoms(var):
-        facts.freeze_sites.setdefault(atom, part.node)
-    facts.table.freeze(var, reason)
+    facts.table.freeze(var, reason, part.node.name)
 
 
 def _freeze_both(facts: Facts, part: Part) -> None:

@@ -113,6 +113,26 @@ def test_tied_parameter_used_twice_is_one_member_and_stays_tied(rig):
     assert rig.shapes(small)["e.weight"] == (10, 6)
 
 
+def test_transposed_parameter_is_a_producer_only_on_its_output_dim(rig):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.w = nn.Parameter(torch.randn(6, 8))
+            self.b = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x) @ self.w.t()))
+
+    for frontend in ("fx", "export"):
+        a = rig.analyze(Net(), torch.randn(3, 4), frontend=frontend)
+        hidden, out = rig.group(a, "a.weight/0"), rig.group(a, "w/0")
+        assert ("w", 1, "c") in rig.members(hidden)  # the transpose feeds w's dim 1 into the contraction
+        assert ("w", 0, "p") in rig.members(out)  # and w's dim 0 writes the matmul's output channels
+        assert hidden.exact and out.exact
+        rig.errors(a)
+
+
 def test_fused_qkv_split_shares_head_and_head_dim_factors_and_freezes_the_qkv_index(rig):
     class Net(nn.Module):
         def __init__(self):

@@ -301,9 +301,6 @@ def test_arange_table_coupled_to_channels_freezes_them(rig):
     assert rig.frozen(a, "a.weight/0").reason == "arange holds position-dependent values"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: freeze sites are kept per atom at freeze time (Facts.freeze_sites), so "
-                   "they are lost when the frozen atom is later refined (arange's 24 into 3 x 8) or unioned under "
-                   "another root: FrozenGroup.node is None")
 def test_arange_table_frozen_group_names_the_arange(rig):
     a = rig.analyze(ArangeTable(), torch.randn(3, 4))
     assert rig.frozen(a, "a.weight/0").node == "arange"
