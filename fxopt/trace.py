@@ -1,7 +1,8 @@
 """Front-ends: capture an nn.Module as a torch.fx GraphModule with fake-tensor shapes in ``node.meta["val"]``.
 
 Two front-ends are offered. ``fx`` runs torch.fx symbolic tracing (standard ``torch.nn`` modules stay leaves, so
-the graph keeps ``call_module`` nodes that pruning can resize in place). ``export`` runs non-strict
+the graph keeps ``call_module`` nodes that pruning can resize in place; a custom ``torch.autograd.Function`` stays
+one opaque call, so the captured module keeps its backward and the analysis treats it as a barrier). ``export`` runs non-strict
 ``torch.export`` and unlifts the result to a GraphModule of ATen ops with parameters as ``get_attr`` nodes; it
 follows data-dependent Python (transformers, most timm models) that symbolic tracing cannot. ``auto`` tries
 ``fx`` and falls back to ``export``, recording which one it used and why in ``gm.meta["fxopt"]``.
@@ -12,6 +13,7 @@ parameters live on the meta device (a 7B-shaped config) traces in seconds.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import operator
 from collections.abc import Sequence
@@ -38,14 +40,53 @@ class TraceInfo:
     fallback_reason: str | None = None
 
 
+_AUTOGRAD_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
+
+
+def apply_autograd_function(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Graph target for a custom ``torch.autograd.Function`` kept opaque by the fx front-end.
+
+    ``name`` is the class's ``module:qualname``; calling ``apply`` keeps the function's own backward. The analysis
+    has no rule for this call: it is a barrier and the dims it touches stay unpruned.
+    """
+    function = _AUTOGRAD_FUNCTIONS.get(name)
+    if function is None:  # a graph loaded in a fresh process: import the class
+        module, _, qualname = name.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        function = _AUTOGRAD_FUNCTIONS.setdefault(name, obj)
+    return function.apply(*args, **kwargs)
+
+
 class LeafTracer(fx.Tracer):
-    """Symbolic tracer that keeps every module defined in ``torch.nn`` (but not containers) as a leaf."""
+    """Symbolic tracer that keeps every module defined in ``torch.nn`` (but not containers) as a leaf, and every
+    custom ``torch.autograd.Function`` as one opaque call (tracing through it would drop its backward)."""
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         """Standard torch.nn layers are leaves; containers and user/third-party modules are traced through."""
         if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
             return False
         return type(m).__module__.startswith("torch.nn") and type(m).__module__ != "torch.nn.modules.container"
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """Trace ``root`` with ``torch.autograd.Function.apply`` recording a call node when given proxies."""
+        original = torch.autograd.Function.__dict__["apply"]
+        tracer = self
+
+        def apply(cls: type[torch.autograd.Function], *args: Any, **kwargs: Any) -> Any:
+            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+            if any(isinstance(a, fx.Proxy) and a.tracer is tracer for a in leaves):
+                name = f"{cls.__module__}:{cls.__qualname__}"
+                _AUTOGRAD_FUNCTIONS[name] = cls
+                return tracer.create_proxy("call_function", apply_autograd_function, (name, *args), kwargs)
+            return original.__func__(cls, *args, **kwargs)
+
+        torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            torch.autograd.Function.apply = original  # type: ignore[method-assign]
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:

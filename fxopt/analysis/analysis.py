@@ -19,7 +19,7 @@ from fxopt.analysis.groups import AxisIndex, FrozenGroup, Group, Member, ZeroPro
 from fxopt.analysis.parts import ElementLink, resolve_parts
 from fxopt.ops.registry import REGISTRY, OpRegistry
 from fxopt.ops.view import PARAM_PREFIX, Axis, output_refs
-from fxopt.trace import Frontend, trace
+from fxopt.trace import Frontend, apply_autograd_function, trace
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,8 @@ def _tie_shared_tensors(gm: fx.GraphModule, facts: Facts) -> None:
 def _describe(node: fx.Node) -> str:
     if node.op == "call_module":
         return f"module {node.target}"
+    if node.target is apply_autograd_function:
+        return f"custom autograd.Function {node.args[0]}"
     target = node.target
     return f"{node.op} {getattr(target, '__name__', target)}"
 

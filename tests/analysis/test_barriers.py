@@ -161,8 +161,6 @@ class SquareWithIdentityGrad(torch.autograd.Function):
         return grad
 
 
-@pytest.mark.xfail(strict=True, reason="bug: symbolic tracing inlines autograd.Function.forward (here a mul, which "
-                   "has a rule), so the function is no barrier and its custom backward is dropped from the graph")
 def test_custom_autograd_function_is_a_barrier_that_freezes_its_dims(rig):
     class Net(nn.Module):
         def __init__(self):
@@ -176,3 +174,5 @@ def test_custom_autograd_function_is_a_barrier_that_freezes_its_dims(rig):
     (barrier,) = a.barriers
     assert a.groups == []
     assert rig.frozen(a, "a.weight/0").node == barrier.node.name
+    assert barrier.reason.startswith("no channel rule for custom autograd.Function ")
+    assert barrier.reason.endswith(":SquareWithIdentityGrad")
