@@ -19,6 +19,7 @@ import numpy as np
 
 from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
+from fxopt.ops.view import PARAM_PREFIX
 from fxopt.pruning.config import PruneConfig
 from fxopt.pruning.cost import CostModel
 from fxopt.pruning.units import owner_module
@@ -37,7 +38,8 @@ class GroupDecision:
         removed: units removed.
         exact: whether the group is zero-invariant.
         status: ``"pruned"``, ``"unchanged"`` (eligible, nothing removed after rounding), ``"ignored"``,
-            ``"approximate"``, ``"granularity"``, ``"too_small"`` or ``"failed"`` (removal raised).
+            ``"approximate"``, ``"granularity"``, ``"too_small"``, ``"factor"`` (another factor of the same
+            channels is pruned instead) or ``"failed"`` (removal raised).
         reason: a sentence for the report.
     """
 
@@ -189,7 +191,51 @@ def select_groups(analysis: Analysis, config: PruneConfig, types: Mapping[str, t
             decisions[g.id] = GroupDecision(g.id, g.granularity, g.size, 0, g.exact, status, reason)
         else:
             eligible.append(g)
+    eligible, shadowed = one_factor_per_dim(analysis, eligible)
+    for g, finer in shadowed.items():
+        decisions[g.id] = GroupDecision(g.id, g.granularity, g.size, 0, g.exact, "factor",
+                                        f"another factor of the same channels ({finer.id}) is pruned instead")
     return eligible, decisions, ignored
+
+
+def one_factor_per_dim(analysis: Analysis, groups: Sequence[Group]) -> tuple[list[Group], dict[Group, Group]]:
+    """Keep at most one group of a granularity per parameter dim that is a product of several groups' factors.
+
+    A grouped conv's channels are ``groups x width`` and both factors are groups of granularity ``"block"``:
+    removing half of each would remove three quarters of the channels where the ratio asked for half. The finest
+    factor (most units) is kept; the others map to the group that shadows them. Parts of a dim (concat, split)
+    live in the same factor and are not affected; factors of different granularities (heads and head_dim) are
+    both kept, since the user asked for both.
+
+    Returns:
+        The groups to prune, and ``{shadowed group: the group pruned in its place}``.
+    """
+    owners: dict[tuple[int, str], list[Group]] = {}  # (atomic class, granularity) -> groups living on it
+    for g in groups:
+        for c in g.classes:
+            owners.setdefault((c, g.granularity), []).append(g)
+    claimed: dict[tuple[str, int, str], Group] = {}  # (param, dim, granularity) -> the factor pruned there
+    kept: list[Group] = []
+    shadowed: dict[Group, Group] = {}
+    for g in sorted(groups, key=lambda g: -g.size):  # stable: ties keep analysis order
+        dims = {(m.qualname, m.dim, g.granularity) for m in g.members}
+        blocking = next((claimed[d] for d in dims if d in claimed and claimed[d] is not g
+                         and not _same_factor(analysis, claimed[d], g, d)), None)
+        if blocking is not None:
+            shadowed[g] = blocking
+            continue
+        kept.append(g)
+        for d in dims:
+            claimed.setdefault(d, g)
+    order = {g: i for i, g in enumerate(groups)}
+    return sorted(kept, key=order.__getitem__), shadowed
+
+
+def _same_factor(analysis: Analysis, a: Group, b: Group, dim: tuple[str, int, str]) -> bool:
+    """Whether ``a`` and ``b`` live on the same atom of a parameter dim (parts of it), not on different factors."""
+    atoms = analysis.axes.of((PARAM_PREFIX + dim[0], dim[1]))
+    return any(c in atoms for c in set(a.classes) & set(b.classes)) or not (
+        set(a.classes) & set(atoms) and set(b.classes) & set(atoms))
 
 
 class Allocator:

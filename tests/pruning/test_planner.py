@@ -35,6 +35,30 @@ def test_uniform_ratio_keeps_floor_of_each_group_like_torch_pruning() -> None:
     assert {d.status for d in report.decisions} == {"pruned"}
 
 
+class GroupedBlock(nn.Module):
+    """1x1 conv to 4 groups x 8 channels, a grouped 3x3 conv, 1x1 conv back (a ResNeXt/RegNet bottleneck)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(32, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_grouped_conv_ratio_removes_half_the_channels_not_three_quarters() -> None:
+    analysis = fxopt.analyze(GroupedBlock().eval(), torch.randn(1, 3, 8, 8))
+    factors = sorted((g.size, g.width) for g in analysis.groups if g.granularity == "block")
+    assert factors == [(4, 8), (8, 4), (8, 4)]  # a's groups x width, a's width, b's width
+    small, report = prune(analysis, ratio=0.5)
+    assert small.get_parameter("a.weight").shape[0] == 16 and small.get_parameter("b.weight").shape[0] == 16
+    assert small.get_submodule("b").groups == 4  # the width inside each group is halved, the group count kept
+    (shadowed,) = [d for d in report.decisions if d.status == "factor"]
+    assert shadowed.size == 4 and "is pruned instead" in shadowed.reason
+
+
 def test_round_to_keeps_channel_counts_multiple_of_alignment() -> None:
     small, report = prune(Wide().eval(), torch.randn(2, 8), ratio=0.3, round_to=8)
     widths = _widths(small)
