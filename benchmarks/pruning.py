@@ -411,6 +411,25 @@ def coverage_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def latency_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the latency rows: sizes and times, each also as a fraction of the dense model."""
+    dense = {r["model"]: r for r in rows if r.get("variant") == "dense"}
+    lines = ["| model | variant | params | MACs | eager ms | x dense eager | compiled ms | x dense compiled |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['variant']} | failed: {r['error'][:90]} | | | | | |")
+            continue
+        d = dense[r["model"]]
+        comp, dense_comp = r.get("compiled_ms"), d.get("compiled_ms")
+        comp_cells = f"{comp:.1f} | {comp / dense_comp:.2f}" if comp and dense_comp else "- | -"
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['params'] / 1e6:.2f}M ({r['params'] / d['params']:.2f}x) | "
+            f"{r['macs'] / 1e9:.2f}G ({r['macs'] / d['macs']:.2f}x) | {r['eager_ms']:.1f} | "
+            f"{r['eager_ms'] / d['eager_ms']:.2f} | {comp_cells} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,6 +461,7 @@ def main() -> None:
     result: dict[str, Any] = {"loadavg_start": os.getloadavg(), "torch": torch.__version__}
     if args.latency:
         result["latency"] = latency(args.models, args.rounds, not args.no_compile, args.threads)
+        print(latency_table(result["latency"]))
     if args.resnet50_optimize:
         result["resnet50_optimize"] = optimize_resnet50(args.rounds, args.threads)
         print(json.dumps(result["resnet50_optimize"], indent=1))
