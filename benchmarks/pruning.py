@@ -193,7 +193,8 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(model, backend="inductor", dynamic=False)
 
 
-def latency(models: Sequence[str], rounds: int, do_compile: bool, threads: int) -> list[dict[str, Any]]:
+def latency(models: Sequence[str], rounds: int, do_compile: bool, threads: int, tp_limit: int) \
+        -> list[dict[str, Any]]:
     """Params, MACs and latency of dense, fxopt and Torch-Pruning models at each ratio."""
     torch.set_num_threads(threads)
     rows = []
@@ -205,7 +206,7 @@ def latency(models: Sequence[str], rounds: int, do_compile: bool, threads: int) 
             makers: dict[str, Callable[[], torch.nn.Module]] = {
                 f"fxopt@{r}": partial(fx_prune, model, inputs, r),
                 f"fxopt-approx@{r}": partial(fx_prune, model, inputs, r, approximate=True),
-                f"tp@{r}": partial(tp_prune_limited, model, inputs, r)}
+                f"tp@{r}": partial(tp_prune_limited, model, inputs, r, tp_limit)}
             for label, make in makers.items():
                 try:
                     made = make()
@@ -446,7 +447,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--skip-heavy", action="store_true")
     parser.add_argument("--timeout", type=int, default=1200)
-    parser.add_argument("--tp-timeout", type=int, default=600)
+    parser.add_argument("--tp-timeout", type=int, default=600, help="seconds per model in the coverage sweep")
+    parser.add_argument("--tp-limit", type=int, default=300, help="seconds Torch-Pruning may take in --latency")
     parser.add_argument("--cache", default="/tmp/fxopt_prune_coverage.jsonl")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -460,7 +462,7 @@ def main() -> None:
         return
     result: dict[str, Any] = {"loadavg_start": os.getloadavg(), "torch": torch.__version__}
     if args.latency:
-        result["latency"] = latency(args.models, args.rounds, not args.no_compile, args.threads)
+        result["latency"] = latency(args.models, args.rounds, not args.no_compile, args.threads, args.tp_limit)
         print(latency_table(result["latency"]))
     if args.resnet50_optimize:
         result["resnet50_optimize"] = optimize_resnet50(args.rounds, args.threads)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fxopt.analysis.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, function_form, methods, register
 from fxopt.ops.registry import REGISTRY
-from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, param_ref, ref_of
+from fxopt.ops.view import PARAM_PREFIX, Axis, OpView, TensorRef, output_refs, param_ref, ref_of
 
 
 def _matmul_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
@@ -45,7 +45,10 @@ def couple_batch(out: TensorRef, a: TensorRef, b: TensorRef, facts: Facts, out_b
 
 @REGISTRY.rule("matmul")
 def matmul_rule(view: OpView, facts: Facts) -> None:
-    """a @ b: batch dims broadcast, a's last dim contracts with b's second-to-last (exact sink)."""
+    """a @ b: batch dims broadcast, a's last dim contracts with b's second-to-last (exact sink).
+
+    Between two activations of 4 or more dims, dim -3 is tagged as heads and the contracted dim as head_dim.
+    """
     a, b = view.inputs
     out = view.out
     if a is None or b is None or a.ndim < 2 or b.ndim < 2:
@@ -58,6 +61,10 @@ def matmul_rule(view: OpView, facts: Facts) -> None:
     facts.same(out.axis(-1), b.axis(-1))
     facts.zero(out.axis(-1), "any", [b.axis(-1)])
     couple_batch(out, a, b, facts, out.ndim - 2)
+    if a.ndim >= 4 and b.ndim >= 4 and not (a.key.startswith(PARAM_PREFIX) or b.key.startswith(PARAM_PREFIX)):
+        # (batch, heads, tokens, head_dim) products of two activations: hand-written attention (Swin, XCiT)
+        facts.tag(out.axis(-3), "head")
+        facts.tag(a.axis(-1), "head_dim")
 
 
 def _einsum_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:

@@ -200,6 +200,7 @@ def test_per_head_relative_position_bias_table_joins_the_head_group_exact(rig):
     a = rig.analyze(Net(), torch.randn(2, 5, 8))
     heads = rig.group(a, "q.weight/0.0")
     assert (heads.size, heads.exact) == (2, True)
+    assert (heads.granularity, rig.group(a, "q.weight/0.1").granularity) == ("head", "head_dim")  # from the matmuls
     assert ("table", 1, "p") in rig.members(heads)
     assert all(e < 1e-5 for e in rig.errors(a).values())
     small = rig.prune(a, {heads: [0]})
