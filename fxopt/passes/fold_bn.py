@@ -30,7 +30,7 @@ from fxopt.passes.match import (
     exclusive,
     main_output,
     param_tensor,
-    single_user,
+    single_value_user,
 )
 
 
@@ -84,7 +84,7 @@ def _channel_dim_is_1(view: OpView) -> str | None:
 
 
 def _producer_checks(m: Match, e: GraphEditor) -> str | None:
-    return (_bn(m.second, e) or single_user(m.first.node) or _stored_weight(m.first, e)
+    return (_bn(m.second, e) or single_value_user(m.first.node) or _stored_weight(m.first, e)
             or exclusive(e, m.first, ("weight", "bias")) or _channel_dim_is_1(m.first)
             or (main_output(m.second.node) if isinstance(main_output(m.second.node), str) else None))
 

@@ -93,6 +93,28 @@ def single_user(node: fx.Node) -> str | None:
     return None
 
 
+METADATA_ATTRIBUTES = frozenset({"ndim", "shape", "dtype", "device", "layout", "is_cuda"})
+
+
+def reads_metadata_only(user: fx.Node, node: fx.Node) -> bool:
+    """Whether ``user`` reads only ``node``'s shape, rank, dtype or device (``x.ndim``, ``x.size()``), not values."""
+    if user.op == "call_function" and user.target is getattr:
+        return user.args[0] is node and user.args[1] in METADATA_ATTRIBUTES
+    return user.op == "call_method" and user.target in ("size", "dim") and user.args[0] is node
+
+
+def single_value_user(node: fx.Node) -> str | None:
+    """Reason why ``node``'s values are read by more than one node, else ``None``.
+
+    Readers of metadata only (timm's ``x.ndim`` checks) do not count: a rewrite that changes ``node``'s values
+    but not its shape, dtype or device leaves what they read unchanged.
+    """
+    readers = [u for u in node.users if not reads_metadata_only(u, node)]
+    if len(readers) != 1:
+        return f"{node.name} has {len(readers)} users"
+    return None
+
+
 def tuple_source(node: fx.Node | None) -> fx.Node | None:
     """For ``getitem(t, 0)`` of a tuple-valued node (ATen batch norm variants), the node ``t``; else ``node``."""
     if (node is not None and node.op == "call_function" and node.target is operator.getitem

@@ -88,6 +88,19 @@ def test_fold_bn_conv_output_read_twice_left_alone(passes, rig) -> None:
     assert "2 users" in result.skips[0].reason
 
 
+def test_fold_bn_conv_output_whose_other_readers_read_only_its_shape_folds(passes, rig) -> None:
+    class ShapeChecked(ConvBN):  # timm's BatchNormAct2d asserts x.ndim == 4 before normalizing
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            torch._assert(y.ndim == 4, "expected 4D input")
+            return self.bn(y) * y.size(1)
+
+    model, x = rig.randomize(ShapeChecked()), torch.randn(1, 4, 6, 6)
+    gm, result = passes.run("fold_bn", model, x, frontend="fx")
+    assert "batch_norm" not in passes.kinds(gm) and result.metrics["fired"] == 1
+    assert_equivalent(model, gm, (x,))
+
+
 def test_fold_bn_conv_called_twice_left_alone(passes, rig) -> None:
     class Shared(ConvBN):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
