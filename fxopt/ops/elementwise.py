@@ -27,15 +27,15 @@ except ImportError:  # pragma: no cover - depends on the environment
 # f(0) == 0: a zero channel stays zero.
 ZERO_PRESERVING = {
     "relu": ([F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.leaky_relu, F.elu, F.selu, F.mish,
-              F.hardtanh, F.tanhshrink, F.softsign, torch.tanh, F.tanh, torch.neg, operator.neg, torch.abs,
+              F.tanhshrink, F.softsign, torch.tanh, F.tanh, torch.neg, operator.neg, torch.abs,
               torch.sin, torch.sqrt, torch.square, torch.erf, torch.sign, torch.sinh, torch.asin, torch.atan],
              ["relu", "relu_", "gelu", "silu", "silu_", "hardswish", "hardswish_", "leaky_relu", "leaky_relu_",
-              "elu", "elu_", "selu", "mish", "hardtanh", "hardtanh_", "tanh", "tanh_", "neg", "abs", "sin", "sqrt",
-              "square", "erf", "sign", "sinh", "asin", "atan", "relu6", "clamp", "clamp_", "clip",
+              "elu", "elu_", "selu", "mish", "tanh", "tanh_", "neg", "abs", "sin", "sqrt",
+              "square", "erf", "sign", "sinh", "asin", "atan", "relu6",
               "_to_copy", "to", "clone", "contiguous", "detach", "alias", "lift_fresh_copy", "dropout",
               "type_as", "float", "half", "bfloat16", "double", "type", "native_dropout"],
              [nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.SELU, nn.Mish,
-              nn.Hardtanh, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+              nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
               nn.AlphaDropout, nn.Tanhshrink, nn.Softsign, nn.Softshrink, nn.Hardshrink]),
 }
 # f(0) != 0: the channel becomes a constant, which is not removable without compensation.
@@ -66,6 +66,44 @@ def _register_unary(kind: str, funcs: list, method_names: list, modules: list) -
 _register_unary("unary_zero", *ZERO_PRESERVING["relu"])
 register("unary_zero", [stochastic_depth], _unary_form)  # x * random row mask: zero stays zero
 _register_unary("unary_const", *NOT_ZERO_PRESERVING)
+
+
+def _keeps_zero(low: object, high: object) -> bool:
+    """Whether clamping to ``[low, high]`` (``None``: unbounded) maps 0 to 0; tensor bounds are not known."""
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return (low is None or (number(low) and low <= 0)) and (high is None or (number(high) and high >= 0))
+
+
+def _clamp_form(names: Sequence[str], defaults: dict[str, object]):  # type: ignore[no-untyped-def]
+    """Normalizer for clamp-like ops: zero-preserving only when the bounds contain 0 (``clamp(min=eps)`` is not)."""
+
+    def normalize(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            low, high = module.min_val, module.max_val
+            x = ref_of(node.args[0] if node.args else next(iter(node.kwargs.values()), None))
+        else:
+            b = bind(node, names, defaults)
+            low, high = b.get(names[1]) if len(names) > 1 else None, b.get(names[2]) if len(names) > 2 else None
+            if names[1] == "max":  # clamp_max(input, max)
+                low, high = None, b.get("max")
+            x = ref_of(b.get("input"))
+        return OpView(node, "unary_zero" if _keeps_zero(low, high) else "unary_const", (x,), {}, {"min": low, "max": high},
+                      output_refs(node))
+
+    return normalize
+
+
+register("unary_zero", [torch.clamp, torch.clip] + methods("clamp", "clamp_", "clip", "clip_")
+         + aten_ops("clamp", "clamp_", "clip", "clip_"), _clamp_form(["input", "min", "max"], {}))
+register("unary_zero", [torch.clamp_min] + methods("clamp_min", "clamp_min_") + aten_ops("clamp_min", "clamp_min_"),
+         _clamp_form(["input", "min"], {}))
+register("unary_zero", [torch.clamp_max] + methods("clamp_max", "clamp_max_") + aten_ops("clamp_max", "clamp_max_"),
+         _clamp_form(["input", "max"], {}))
+register("unary_zero", [F.hardtanh, nn.Hardtanh] + aten_ops("hardtanh", "hardtanh_"),
+         _clamp_form(["input", "min_val", "max_val"], {"min_val": -1.0, "max_val": 1.0}))
 
 
 @REGISTRY.rule("unary_zero", "unary_const")

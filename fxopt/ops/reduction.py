@@ -1,7 +1,7 @@
 """Reductions and normalizing maps over a dim: sum, mean, max, var, norm, softmax, cumsum, argmax, topk.
 
-A reduced dim is a sink: exact for sums (zero channels add nothing), not exact for statistics whose result
-depends on how many channels there are (mean, variance, softmax, max).
+A reduced dim is a sink: exact for sums and p-norms with p >= 0 (zero channels add nothing), not exact for
+statistics whose result depends on how many channels there are or on their sign (mean, variance, softmax, max).
 """
 
 from __future__ import annotations
@@ -24,13 +24,24 @@ def _reduce_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
     b = bind(node, ["input", "dim", "keepdim"])
     name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
     dim = b.get("dim")
-    if name in ("norm", "linalg_vector_norm") and "p" not in node.kwargs and len(node.args) > 1:
-        b = bind(node, ["input", "p", "dim", "keepdim"])
-        dim = b.get("dim")
+    order: object = None
+    if name in ("norm", "linalg_vector_norm"):
+        if "p" not in node.kwargs and "ord" not in node.kwargs and len(node.args) > 1:
+            b = bind(node, ["input", "p", "dim", "keepdim"])
+            dim = b.get("dim")
+        order = b.get("p", b.get("ord", 2))
     if isinstance(dim, str) or (dim is not None and not isinstance(dim, (int, list, tuple))):
         dim = "unsupported"
     return OpView(node, kind, (ref_of(b.get("input")),), {},
-                  {"dim": dim, "keepdim": bool(b.get("keepdim", False)), "op": name}, output_refs(node))
+                  {"dim": dim, "keepdim": bool(b.get("keepdim", False)), "op": name, "p": order}, output_refs(node))
+
+
+def zero_blind_norm(p: object) -> bool:
+    """Whether a p-norm ignores zero entries: ``sum |x|^p`` (p > 0), max |x| (inf) and the count of non-zeros
+    (p = 0) do; negative orders (and -inf, the min) do not."""
+    if p in (None, "fro"):
+        return True
+    return isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0
 
 
 register("reduce", [getattr(torch, n) for n in REDUCTIONS if hasattr(torch, n)] + methods(*REDUCTIONS)
@@ -51,7 +62,7 @@ def reduce_rule(view: OpView, facts: Facts) -> None:
         dims = set(range(x.ndim))
     keep = view.attrs["keepdim"]
     for d in sorted(dims):
-        exact = op in EXACT_REDUCTIONS
+        exact = op in EXACT_REDUCTIONS or (op in ("norm", "linalg_vector_norm") and zero_blind_norm(view.attrs["p"]))
         facts.sink(x.axis(d), exact, f"{view.node.name} takes the {op} over this dim"
                    + ("" if exact else ": removing channels changes the result"))
     for out in view.outputs:
@@ -131,8 +142,9 @@ register("sort", [torch.diff] + methods("diff") + aten_ops("diff"), _diff_form)
 
 
 def _normalize_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
-    b = bind(node, ["input", "p", "dim"], {"dim": 1})
-    return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", 1)}, output_refs(node))
+    b = bind(node, ["input", "p", "dim"], {"dim": 1, "p": 2.0})
+    return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", 1), "p": b.get("p", 2.0)},
+                  output_refs(node))
 
 
 register("normalize", [F.normalize], _normalize_form)
@@ -140,12 +152,14 @@ register("normalize", [F.normalize], _normalize_form)
 
 @REGISTRY.rule("normalize")
 def normalize_rule(view: OpView, facts: Facts) -> None:
-    """F.normalize: the normalized dim is an inexact sink (its norm changes); zero channels elsewhere stay zero."""
+    """F.normalize: x / max(||x||_p, eps) along a dim. Zero channels stay zero; along the normalized dim the norm
+    ignores them for p >= 0 (an exact sink), otherwise removing them changes it."""
     x, out = view.inputs[0], view.out
     assert x is not None
     dim = int(view.attrs["dim"]) % x.ndim
     for d in range(x.ndim):
         facts.same(out.axis(d), x.axis(d))
-        if d != dim:
-            facts.zero(out.axis(d), "all", [x.axis(d)])
-    facts.sink(x.axis(dim), False, f"{view.node.name} divides by the norm over this dim")
+        facts.zero(out.axis(d), "all", [x.axis(d)])
+    exact = zero_blind_norm(view.attrs["p"])
+    facts.sink(x.axis(dim), exact, f"{view.node.name} divides by the norm over this dim"
+               + ("" if exact else ": removing channels changes the norm"))

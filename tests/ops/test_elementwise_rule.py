@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -155,3 +156,30 @@ def test_mul_of_two_branches_lets_either_producer_zero_the_channel_exact(rig):
     assert rig.members(g) == {("a.weight", 0, "p"), ("a.bias", 0, "p"), ("g.weight", 0, "p"), ("g.bias", 0, "p"),
                               ("b.weight", 1, "c")}
     rig.errors(a)
+
+
+class Clamped(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.a, self.b, self.f = nn.Linear(4, 8), nn.Linear(8, 2), f
+
+    def forward(self, x):
+        return self.b(self.f(self.a(x)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("f, exact", [
+    (lambda t: t.clamp(0.0, 1.0), True),
+    (lambda t: t.clamp(min=-2.0), True),
+    (lambda t: torch.clamp_max(t, 3.0), True),
+    (nn.Hardtanh(), True),
+    (lambda t: t.clamp(min=1e-3), False),  # clamp(0) == 1e-3: a zero channel becomes a constant
+    (lambda t: t.clamp(max=-1.0), False),
+    (lambda t: torch.nn.functional.hardtanh(t, 0.5, 2.0), False),
+], ids=["clamp_0_1", "clamp_min_neg", "clamp_max_pos", "hardtanh", "clamp_min_eps", "clamp_max_neg", "hardtanh_pos"])
+def test_clamp_keeps_zero_only_when_its_bounds_contain_zero(rig, frontend, f, exact):
+    a = rig.analyze(Clamped(f), torch.randn(3, 4), frontend=frontend)
+    (g,) = a.groups
+    assert g.exact is exact
+    if exact:
+        assert rig.errors(a)[g.id] < 1e-6
