@@ -155,6 +155,15 @@ def _tie_shared_tensors(gm: fx.GraphModule, facts: Facts) -> None:
                 facts.same(first, Axis(k, d, facts.sizes[(k, d)]))
 
 
+TAG_PRECEDENCE = ("head_dim", "repeat", "head")
+"""When rules tag one class differently, the first of these wins: a head_dim broadcast by ``expand_as`` (F.normalize
+in Swin V2) is head_dim, not a repeat; GQA's repeat factor is also part of the query heads, and stays a repeat."""
+
+
+def _tag_rank(tag: str) -> int:
+    return TAG_PRECEDENCE.index(tag) if tag in TAG_PRECEDENCE else len(TAG_PRECEDENCE)  # user tags: first given
+
+
 def _describe(node: fx.Node) -> str:
     if node.op == "call_module":
         return f"module {node.target}"
@@ -178,7 +187,8 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), regist
     tag_by_class: dict[int, str] = {}
     for axis, tag in facts.tags:
         for a in axes.of(axis):
-            tag_by_class.setdefault(a, tag)
+            if a not in tag_by_class or _tag_rank(tag) < _tag_rank(tag_by_class[a]):
+                tag_by_class[a] = tag
     groups: list[Group] = []
     frozen: list[FrozenGroup] = []
     used_ids: set[str] = set()
