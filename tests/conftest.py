@@ -6,7 +6,7 @@ worker, which makes a 2x3x8x8 conv take 100x longer. One thread per worker is th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 import torch
@@ -29,6 +29,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+class _BetweenLinears(nn.Module):
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.a, self.b, self.f = nn.Linear(4, 8), nn.Linear(8, 2), f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.f(self.a(x)))
+
+
 class Rig:
     """Helpers every rule test uses: member listings, random affine parameters, removal checked against zeroing."""
 
@@ -48,6 +57,11 @@ class Rig:
                 if t.is_floating_point():
                     t.copy_(torch.rand_like(t) + 0.5 if name.endswith("running_var") else torch.randn_like(t))
         return model.eval()
+
+    @staticmethod
+    def between_linears(f: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+        """``Linear(4, 8) -> f -> Linear(8, 2)``: the 8 hidden features are one group whose exactness ``f`` decides."""
+        return _BetweenLinears(f)
 
     def analyze(self, model: nn.Module, *inputs: torch.Tensor, frontend: str = "auto") -> fxopt.Analysis:
         """``fxopt.analyze`` of the randomized model."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def test_sum_over_channels_is_an_exact_sink(rig):
@@ -119,25 +120,14 @@ def test_topk_over_channels_freezes_them(rig):
     assert rig.frozen(a, "a.weight/0").reason == "topk reorders this dim"
 
 
-class NormalizedFeatures(nn.Module):
-    """Linear -> f(features) -> Linear, where f reads the norm of the features."""
-
-    def __init__(self, f):
-        super().__init__()
-        self.a, self.b, self.f = nn.Linear(4, 8), nn.Linear(8, 2), f
-
-    def forward(self, x):
-        return self.b(self.f(self.a(x)))
-
-
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 @pytest.mark.parametrize("f", [
-    lambda t: torch.nn.functional.normalize(t, dim=-1),
-    lambda t: torch.nn.functional.normalize(t, p=1.0, dim=-1),
+    lambda t: F.normalize(t, dim=-1),
+    lambda t: F.normalize(t, p=1.0, dim=-1),
     lambda t: t * t.norm(dim=-1, keepdim=True),
 ], ids=["normalize_p2", "normalize_p1", "times_norm"])
 def test_p_norms_over_features_ignore_zero_channels_exact(rig, frontend, f):
-    a = rig.analyze(NormalizedFeatures(f), torch.randn(3, 4), frontend=frontend)
+    a = rig.analyze(rig.between_linears(f), torch.randn(3, 4), frontend=frontend)
     (g,) = a.groups
     assert g.exact
     assert rig.errors(a)[g.id] < 1e-6
@@ -146,6 +136,6 @@ def test_p_norms_over_features_ignore_zero_channels_exact(rig, frontend, f):
 
 
 def test_negative_order_normalize_is_an_inexact_sink(rig):
-    a = rig.analyze(NormalizedFeatures(lambda t: torch.nn.functional.normalize(t, p=-1.0, dim=-1)), torch.randn(3, 4))
+    a = rig.analyze(rig.between_linears(lambda t: F.normalize(t, p=-1.0, dim=-1)), torch.randn(3, 4))
     (g,) = a.groups
     assert not g.exact and g.reason.endswith("removing channels changes the norm")
