@@ -61,8 +61,7 @@ def matmul_rule(view: OpView, facts: Facts) -> None:
     facts.same(out.axis(-1), b.axis(-1))
     facts.zero(out.axis(-1), "any", [b.axis(-1)])
     couple_batch(out, a, b, facts, out.ndim - 2)
-    if a.ndim >= 4 and b.ndim >= 4 and not (a.key.startswith(PARAM_PREFIX) or b.key.startswith(PARAM_PREFIX)):
-        # (batch, heads, tokens, head_dim) products of two activations: hand-written attention (Swin, XCiT)
+    if _activation_product((a, b)):  # hand-written attention (Swin, XCiT)
         facts.tag(out.axis(-3), "head")
         facts.tag(a.axis(-1), "head_dim")
 
@@ -80,7 +79,10 @@ register("einsum", [torch.einsum] + aten_ops("einsum"), _einsum_form)
 
 @REGISTRY.rule("einsum")
 def einsum_rule(view: OpView, facts: Facts) -> None:
-    """einsum: dims sharing a letter are coupled; letters missing from the output are exact sinks."""
+    """einsum: dims sharing a letter are coupled; letters missing from the output are exact sinks.
+
+    Between two activations of 4 or more dims, the output's dim -3 is tagged as heads, contracted dims as head_dim.
+    """
     eq = str(view.attrs["equation"]).replace(" ", "")
     if "..." in eq or "->" not in eq:
         facts.barrier(view, "einsum with ellipsis or implicit output", "write the output subscripts explicitly")
@@ -107,6 +109,17 @@ def einsum_rule(view: OpView, facts: Facts) -> None:
             facts.zero(o, "any", axes)
         elif axes:
             facts.sink(axes[0], True, f"{view.node.name} contracts this dim", alternatives=axes[1:])
+    if _activation_product(view.inputs) and out.ndim >= 4:  # hand-written attention (torchvision MaxViT)
+        facts.tag(out.axis(-3), "head")
+        for letter, axes in by_letter.items():
+            if letter not in rhs and axes:
+                facts.tag(axes[0], "head_dim")
+
+
+def _activation_product(inputs: tuple[TensorRef | None, ...]) -> bool:
+    """Two activations of 4 or more dims: (batch, heads, tokens, head_dim) operands of attention."""
+    return len(inputs) == 2 and all(t is not None and t.ndim >= 4 and not t.key.startswith(PARAM_PREFIX)
+                                    for t in inputs)
 
 
 def _sdpa_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:

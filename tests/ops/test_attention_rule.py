@@ -260,6 +260,21 @@ def test_einsum_contraction_is_an_exact_sink(rig):
     rig.errors(a)
 
 
+def test_einsum_attention_tags_heads_and_head_dim_and_prunes_heads_exact(rig):
+    class Net(Heads):
+        def forward(self, x):
+            q, k, v = self.split(self.q(x), self.h), self.split(self.k(x), self.h), self.split(self.v(x), self.h)
+            attn = torch.einsum("bhid,bhjd->bhij", q, k).softmax(-1)
+            return self.merge(torch.einsum("bhij,bhjd->bhid", attn, v))
+
+    a = rig.analyze(Net(8, 2, 4), torch.randn(2, 5, 8))
+    heads, head_dim = rig.group(a, "q.weight/0.0"), rig.group(a, "q.weight/0.1")
+    assert (heads.granularity, heads.size, head_dim.granularity, head_dim.size) == ("head", 2, "head_dim", 4)
+    assert heads.exact and all(e < 1e-6 for e in rig.errors(a).values())
+    small = rig.prune(a, {heads: [1]})
+    assert rig.shapes(small)["o.weight"] == (8, 4)
+
+
 def test_einsum_with_ellipsis_is_a_barrier(rig):
     class Net(nn.Module):
         def __init__(self):
