@@ -156,7 +156,8 @@ BINARY: dict[str, tuple[ZeroMode, list, list]] = {
 }
 
 
-def _binary_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def binary_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    """Normalizer for binary elementwise ops: two operands (a tensor or a scalar each) and ``alpha``."""
     b = bind(node, ["input", "other"])
     a, o = b.get("input"), b.get("other")
     attrs = {"scalar_other": None if ref_of(o) is not None else o, "scalar_input": None if ref_of(a) is not None else a,
@@ -165,9 +166,9 @@ def _binary_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
 
 
 for _kind, (_mode, _funcs, _methods) in BINARY.items():
-    register(_kind, _funcs, _binary_form)
-    register(_kind, methods(*_methods), _binary_form)
-    register(_kind, aten_ops(*_methods), _binary_form)
+    register(_kind, _funcs, binary_form)
+    register(_kind, methods(*_methods), binary_form)
+    register(_kind, aten_ops(*_methods), binary_form)
 
 
 @REGISTRY.rule("add", "mul", "div", "pow", "compare")

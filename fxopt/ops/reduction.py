@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fxopt.analysis.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
+from fxopt.ops.elementwise import binary_form
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import OpView, output_refs, ref_of
 
@@ -23,6 +24,8 @@ REDUCTIONS = ["sum", "nansum", "mean", "nanmean", "amax", "amin", "var", "std", 
 def _reduce_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
     b = bind(node, ["input", "dim", "keepdim"])
     name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    if name in ("max", "min") and ref_of(b.get("dim", b.get("other"))) is not None:
+        return binary_form(node, gm, "add")  # torch.max(a, b) / aten.max.other: elementwise, like maximum
     dim = b.get("dim")
     order: object = None
     if name in ("norm", "linalg_vector_norm"):

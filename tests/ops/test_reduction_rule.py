@@ -139,3 +139,13 @@ def test_negative_order_normalize_is_an_inexact_sink(rig):
     a = rig.analyze(rig.between_linears(lambda t: F.normalize(t, p=-1.0, dim=-1)), torch.randn(3, 4))
     (g,) = a.groups
     assert not g.exact and g.reason.endswith("removing channels changes the norm")
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_max_of_two_tensors_is_elementwise_not_a_reduction(rig, frontend):
+    a = rig.analyze(rig.between_linears(lambda t: torch.max(t, 0.5 * t)), torch.randn(3, 4),
+                    frontend=frontend)
+    assert a.barriers == []
+    (g,) = a.groups
+    assert g.exact  # max(0, 0) == 0
+    assert rig.errors(a)[g.id] < 1e-6
