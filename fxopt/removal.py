@@ -21,6 +21,7 @@ import torch.fx as fx
 from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
 from fxopt.errors import PruneError
+from fxopt.ops.forms import set_call_arg
 from fxopt.ops.view import PARAM_PREFIX, Axis, OpView, output_refs
 from fxopt.trace import propagate_shapes
 
@@ -64,15 +65,8 @@ class Resizer:
 
     def set_arg(self, view: OpView, name: str, value: Any) -> None:
         """Set argument ``name`` of a functional call, positional if it was passed positionally."""
-        node = view.node
-        names = list(view.attrs.get("_argnames", ()))
-        if name in names and names.index(name) < len(node.args):
-            args = list(node.args)
-            args[names.index(name)] = value
-            node.args = tuple(args)
-        else:
-            node.kwargs = {**node.kwargs, name: value}
-        self.touched(node)
+        set_call_arg(view.node, name, value, view.attrs.get("_argnames", ()))
+        self.touched(view.node)
 
     def touched(self, node: fx.Node) -> None:
         """Record that ``node``'s arguments were rewritten."""

@@ -156,7 +156,7 @@ def build_units(facts: Facts, links: list[ElementLink],
 def _parameter_only_nodes(order: dict[fx.Node, int]) -> set[fx.Node]:
     """Nodes computed from parameters alone (``get_attr`` and what only they feed: ``w.t()``, ``w * scale``)."""
     out: set[fx.Node] = set()
-    for node in sorted(order, key=order.__getitem__):
+    for node in order:  # built from the graph: insertion order is graph order
         inputs = node.all_input_nodes
         if node.op == "get_attr" or (node.op != "placeholder" and inputs and all(n in out for n in inputs)):
             out.add(node)

@@ -76,34 +76,33 @@ def _keeps_zero(low: object, high: object) -> bool:
     return (low is None or (number(low) and low <= 0)) and (high is None or (number(high) and high >= 0))
 
 
-def _clamp_form(names: Sequence[str], defaults: dict[str, object]):  # type: ignore[no-untyped-def]
-    """Normalizer for clamp-like ops: zero-preserving only when the bounds contain 0 (``clamp(min=eps)`` is not)."""
+def _clamp_form(low: str | None, high: str | None,  # type: ignore[no-untyped-def]
+                defaults: dict[str, object] | None = None):
+    """Normalizer for clamp-like ops whose bounds are the arguments named ``low`` and ``high`` (after ``input``):
+    zero-preserving only when the bounds contain 0 (``clamp(min=eps)`` is not)."""
+    names = ["input", *(n for n in (low, high) if n is not None)]
 
     def normalize(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
-        if node.op == "call_module":
+        if node.op == "call_module":  # nn.Hardtanh
             module = gm.get_submodule(str(node.target))
-            low, high = module.min_val, module.max_val
-            x = ref_of(node.args[0] if node.args else next(iter(node.kwargs.values()), None))
+            bounds, x = (module.min_val, module.max_val), node.args[0] if node.args else None
         else:
             b = bind(node, names, defaults)
-            low, high = b.get(names[1]) if len(names) > 1 else None, b.get(names[2]) if len(names) > 2 else None
-            if names[1] == "max":  # clamp_max(input, max)
-                low, high = None, b.get("max")
-            x = ref_of(b.get("input"))
-        return OpView(node, "unary_zero" if _keeps_zero(low, high) else "unary_const", (x,), {}, {"min": low, "max": high},
-                      output_refs(node))
+            bounds, x = (b.get(low) if low else None, b.get(high) if high else None), b.get("input")
+        return OpView(node, "unary_zero" if _keeps_zero(*bounds) else "unary_const", (ref_of(x),), {},
+                      {"min": bounds[0], "max": bounds[1]}, output_refs(node))
 
     return normalize
 
 
 register("unary_zero", [torch.clamp, torch.clip] + methods("clamp", "clamp_", "clip", "clip_")
-         + aten_ops("clamp", "clamp_", "clip", "clip_"), _clamp_form(["input", "min", "max"], {}))
+         + aten_ops("clamp", "clamp_", "clip", "clip_"), _clamp_form("min", "max"))
 register("unary_zero", [torch.clamp_min] + methods("clamp_min", "clamp_min_") + aten_ops("clamp_min", "clamp_min_"),
-         _clamp_form(["input", "min"], {}))
+         _clamp_form("min", None))
 register("unary_zero", [torch.clamp_max] + methods("clamp_max", "clamp_max_") + aten_ops("clamp_max", "clamp_max_"),
-         _clamp_form(["input", "max"], {}))
+         _clamp_form(None, "max"))
 register("unary_zero", [F.hardtanh, nn.Hardtanh] + aten_ops("hardtanh", "hardtanh_"),
-         _clamp_form(["input", "min_val", "max_val"], {"min_val": -1.0, "max_val": 1.0}))
+         _clamp_form("min_val", "max_val", {"min_val": -1.0, "max_val": 1.0}))
 
 
 @REGISTRY.rule("unary_zero", "unary_const")

@@ -28,6 +28,18 @@ def bind(node: fx.Node, names: Sequence[str], defaults: dict[str, Any] | None = 
     return bound
 
 
+def set_call_arg(node: fx.Node, name: str, value: Any, names: Sequence[str]) -> None:
+    """Set argument ``name`` of a call node whose arguments are ``names`` in order: in place if it was passed
+    positionally, else as a keyword (the inverse of ``bind``)."""
+    names = list(names)
+    if name in names and names.index(name) < len(node.args):
+        args = list(node.args)
+        args[names.index(name)] = value
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, name: value}
+
+
 def function_form(
     names: Sequence[str],
     inputs: Sequence[str],

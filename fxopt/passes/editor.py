@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxopt.ops.forms import set_call_arg
 from fxopt.passes.base import Edit, PassContext, PassResult, Skip
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,7 @@ class GraphEditor:
 
     def set_arg(self, node: fx.Node, name: str, value: Any, argnames: Sequence[str]) -> None:
         """Set argument ``name`` of a call node, positionally if it was passed positionally."""
-        names = list(argnames)
-        if name in names and names.index(name) < len(node.args):
-            args = list(node.args)
-            args[names.index(name)] = value
-            node.args = tuple(args)
-        else:
-            node.kwargs = {**node.kwargs, name: value}
+        set_call_arg(node, name, value, argnames)
         shown = value.name if isinstance(value, fx.Node) else repr(value)
         self._log("set_arg", node.name, f"{name}={shown}")
 

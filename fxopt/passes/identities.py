@@ -120,18 +120,9 @@ def _contiguous(node: fx.Node, gm: fx.GraphModule) -> str | None:
     return None if val.is_contiguous(memory_format=fmt) else ""
 
 
-@identity_rule(torch.clone, *methods("clone"), *aten_ops("clone", "lift_fresh_copy", "alias"))
-def _clone(node: fx.Node, gm: fx.GraphModule) -> str | None:
-    src = node.args[0]
-    if not isinstance(src, fx.Node):
-        return "input is not a graph value"
-    differs = same_value(node, src)
-    return differs if differs is not None else _no_mutation(node, src)
-
-
-@identity_rule(*methods("to", "type_as", "float", "double", "half", "bfloat16", "type"),
-               *aten_ops("_to_copy", "to"))
-def _cast(node: fx.Node, gm: fx.GraphModule) -> str | None:
+@identity_rule(torch.clone, *methods("clone"), *aten_ops("clone", "lift_fresh_copy", "alias"),
+               *methods("to", "type_as", "float", "double", "half", "bfloat16", "type"), *aten_ops("_to_copy", "to"))
+def _copy_or_cast(node: fx.Node, gm: fx.GraphModule) -> str | None:
     src = node.args[0]
     if not isinstance(src, fx.Node):
         return "input is not a graph value"

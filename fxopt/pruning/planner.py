@@ -210,10 +210,6 @@ def one_factor_per_dim(analysis: Analysis, groups: Sequence[Group]) -> tuple[lis
     Returns:
         The groups to prune, and ``{shadowed group: the group pruned in its place}``.
     """
-    owners: dict[tuple[int, str], list[Group]] = {}  # (atomic class, granularity) -> groups living on it
-    for g in groups:
-        for c in g.classes:
-            owners.setdefault((c, g.granularity), []).append(g)
     claimed: dict[tuple[str, int, str], Group] = {}  # (param, dim, granularity) -> the factor pruned there
     kept: list[Group] = []
     shadowed: dict[Group, Group] = {}
