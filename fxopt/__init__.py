@@ -11,12 +11,13 @@ Example:
 
 from fxopt import ops  # noqa: F401  (registers the op rules)
 from fxopt.analysis.analysis import Analysis, analyze
-from fxopt.api import cost, optimize, report
+from fxopt.api import cost, measure, optimize, report
 from fxopt.analysis.groups import FrozenGroup, Group, Member
 from fxopt.errors import AnalysisError, FxoptError, PruneError, TraceError
 from fxopt.passes import Pass, PassManager, PassResult, register_pass
 from fxopt.pruning import prune, remove_zero_groups
 from fxopt.removal import prune_groups
+from fxopt.serialization import load, save
 from fxopt.trace import trace
 from fxopt.viz import visualize
 
@@ -34,11 +35,14 @@ __all__ = [
     "TraceError",
     "analyze",
     "cost",
+    "load",
+    "measure",
     "optimize",
     "prune",
     "register_pass",
     "remove_zero_groups",
     "report",
+    "save",
     "prune_groups",
     "trace",
     "visualize",

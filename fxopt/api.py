@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,12 +14,14 @@ import torch.fx as fx
 from fxopt.analysis.cost import CostTable, graph_cost
 from fxopt.errors import FxoptError
 from fxopt.passes.base import Pass, PassContext, PassResult
+from fxopt.passes.lower import device_mismatch, device_of
 from fxopt.passes.manager import PassManager
 from fxopt.passes.spec import format_pipeline, parse_pipeline
 from fxopt.report import ModelStats, Report
 from fxopt.targets.pipeline import OptimizeOptions, pipeline_for
 from fxopt.targets.registry import get_target
 from fxopt.targets.spec import Target
+from fxopt.timing import measure as time_side_by_side
 from fxopt.trace import trace
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,8 @@ def model_stats(gm: fx.GraphModule, inputs: Sequence[Any], target: Target) -> Mo
                       predicted_s=table.time(), nodes=len(gm.graph.nodes))
 
 
-def _warnings(model: torch.nn.Module, results: Sequence[PassResult]) -> list[str]:
-    out = []
+def _warnings(model: torch.nn.Module, results: Sequence[PassResult], device_note: str | None) -> list[str]:
+    out = [f"lowering skipped: {device_note}"] if device_note else []
     if model.training:
         out.append("the model is in training mode: batch norms and dropout were kept; call model.eval() first "
                    "for inference")
@@ -52,7 +55,8 @@ def _warnings(model: torch.nn.Module, results: Sequence[PassResult]) -> list[str
 
 def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target = "cpu", prune: Any = None,
              substitute: Any = None, calibration: Any = None, precision: str | None = None, compile: bool = True,
-             passes: str | Sequence[Pass | str] | None = None, checked: bool = False) -> torch.nn.Module:
+             passes: str | Sequence[Pass | str] | None = None, checked: bool = False,
+             verbose: bool = False) -> torch.nn.Module:
     """Optimize ``model`` for ``target`` and return a module computing the same outputs, faster.
 
     Without ``prune``, ``substitute`` and ``precision`` every pass is lossless: outputs match the original
@@ -69,6 +73,11 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         compile: lower with torch.compile for the target (falls back to eager, with the reason, on failure).
         passes: an explicit pipeline (spec text or passes) replacing the target's.
         checked: compare every lossless pass's outputs with its input's.
+        verbose: let torch.compile print its progress (autotuning tables, recompilations).
+
+    A target whose device is not where the model runs (``target="a100"`` for a model on the CPU, or on a
+    machine without a GPU) still shapes the graph passes (channel rounding for its tensor cores, its fusions),
+    but lowering is skipped: one warning says so, and so does the report.
 
     Returns:
         A GraphModule, or a torch.compile wrapper around one; ``fxopt.report(result)`` says what was done.
@@ -87,7 +96,10 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
     pipeline = parse_pipeline(passes) if passes is not None else pipeline_for(tgt, options)
     gm = trace(copy.deepcopy(model), inputs)
     before = model_stats(gm, inputs, tgt)
-    ctx = PassContext(example_inputs=inputs, target=tgt, calibration=calibration,
+    device_note = device_mismatch(tgt, device_of(model, inputs)) if compile else None
+    if device_note:
+        warnings.warn(f"fxopt.optimize: lowering skipped: {device_note}", stacklevel=2)
+    ctx = PassContext(example_inputs=inputs, target=tgt, calibration=calibration, verbose=verbose,
                       options={"prune": prune, "substitute": substitute, "precision": precision})
     run = PassManager(pipeline, checked=checked).run(gm, inputs, ctx)
     lowering = [r for r in run.results if "lowered" in r.metrics]
@@ -99,7 +111,7 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         pipeline=format_pipeline(pipeline), frontend=frontend, before=before, after=model_stats(gm, inputs, tgt),
         results=tuple(run.results), lowered=ctx.lowered is not None,
         lowering_note=lowering[-1].notes[0] if lowering and lowering[-1].notes else None,
-        warnings=tuple(_warnings(model, run.results)),
+        warnings=tuple(_warnings(model, run.results, device_note)),
     )
     meta = gm.meta.setdefault("fxopt", {})
     meta["report"] = report_data
@@ -120,6 +132,35 @@ def report(module: torch.nn.Module) -> Report:
     if not isinstance(found, Report):
         raise FxoptError(f"{type(module).__name__} carries no fxopt report: pass the module optimize() returned")
     return found
+
+
+def measure(original: torch.nn.Module, optimized: torch.nn.Module, example_inputs: Any = None,
+            rounds: int = 10) -> Report:
+    """Time ``original`` and ``optimized`` side by side on this machine and record it in the optimized report.
+
+    Both run in interleaved rounds (``fxopt.timing.measure``): the report then shows the median time of each,
+    their spread, and a warning where the spread or the machine's load makes the figures unreliable.
+    ``fxopt bench``, the HTML report and ``report.to_text()`` show these same figures.
+
+    Args:
+        original: the model that was optimized.
+        optimized: what ``optimize`` returned.
+        example_inputs: the inputs to time on (default: those ``optimize`` stored).
+        rounds: timed rounds.
+
+    Returns:
+        The optimized module's Report with the measurement attached (also stored on the module).
+
+    Example:
+        >>> fast = fxopt.optimize(model, x)
+        >>> print(fxopt.measure(model, fast).to_text())
+    """
+    found = report(optimized)
+    meta = unwrap(optimized).meta["fxopt"]
+    inputs = _as_tuple(example_inputs) if example_inputs is not None else meta["example_inputs"]
+    timed = time_side_by_side({"original": original, "optimized": optimized}, inputs, rounds=rounds)
+    meta["report"] = found.with_measurement(timed)
+    return meta["report"]
 
 
 def cost(model: torch.nn.Module, example_inputs: Any, target: str | Target = "cpu",

@@ -5,8 +5,9 @@
     fxopt viz hf:gpt2 -o graph.svg
     fxopt bench timm:convnext_tiny
 
-MODEL is a built-in name (``fxopt list``) or ``package.module:factory`` / ``file.py:factory`` whose factory returns
-a module or ``(module, example_inputs)``. Errors print one line and exit non-zero: 2 for bad arguments, 1 when the
+MODEL is a built-in name (see: fxopt list) or package.module:factory / file.py:factory, whose factory returns a
+module or a (module, example_inputs) pair. Built-in models use their natural input (1x3x224x224 for ImageNet
+models); --input SHAPE sets another. Errors print one line and exit non-zero: 2 for bad arguments, 1 when the
 work itself fails (a model that cannot be captured, a pass that fails).
 """
 
@@ -17,6 +18,7 @@ import contextlib
 import io as io_module
 import json
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -114,11 +116,34 @@ def _out(io: dict[str, TextIO], text: str = "") -> None:
     io["out"].write(text + "\n")
 
 
-def _resolve(args: argparse.Namespace, progress: Progress) -> Any:
-    from fxopt.models import resolve
+def output_path(text: str, what: str) -> Path:
+    """Check that ``text`` can be written as ``what`` and create its missing parent directories.
+
+    Every command checks its output paths this way before doing any work.
+
+    Raises:
+        CliError: (exit 2) a path that is a directory, or whose directory cannot be created or written.
+    """
+    path = Path(text)
+    if path.is_dir():
+        raise CliError(f"{what} {text!r} is a directory; give a file name", EXIT_USAGE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the directory of {what} {text!r}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not os.access(path.parent, os.W_OK):
+        raise CliError(f"cannot write {what} {text!r}: {path.parent} is not writable", EXIT_USAGE)
+    return path
+
+
+def _resolve(args: argparse.Namespace, progress: Progress, io: dict[str, TextIO]) -> Any:
+    from fxopt.models import describe_inputs, resolve
 
     with progress.stage(f"build {args.model}"):
-        return resolve(args.model, args.input)
+        model = resolve(args.model, args.input)
+    _out(io, f"{model.name}: example input {describe_inputs(model.inputs)}"
+             + ("" if args.input else " (--input SHAPE to change)"))
+    return model
 
 
 def _analyze(model: Any, args: argparse.Namespace, progress: Progress) -> Any:
@@ -143,8 +168,9 @@ def cmd_list(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
 
 def cmd_analyze(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
     """Trace a model, find its groups and print them."""
+    json_path = output_path(args.json, "--json") if args.json else None
     progress = Progress(["build", "analyse"], args.quiet, io["err"])
-    model = _resolve(args, progress)
+    model = _resolve(args, progress, io)
     analysis = _analyze(model, args, progress)
     progress.close()
     info = analysis.gm.meta["fxopt"]["trace"]
@@ -160,7 +186,7 @@ def cmd_analyze(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
         _out(io)
         _table(io, ("frozen group", "units", "frozen by", "reason"),
                [(f.id, str(f.size), f.node or "", f.reason) for f in analysis.frozen[: args.limit]])
-    if args.json:
+    if json_path is not None:
         data = {
             "model": model.name,
             "frontend": info.frontend,
@@ -171,8 +197,8 @@ def cmd_analyze(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
             "barriers": [{"node": b.node.name, "op": b.op, "reason": b.reason, "hint": b.hint}
                          for b in analysis.barriers],
         }
-        Path(args.json).write_text(json.dumps(data, indent=1))
-        _out(io, f"wrote {args.json}")
+        json_path.write_text(json.dumps(data, indent=1))
+        _out(io, f"wrote {json_path}")
     return 0
 
 
@@ -185,8 +211,9 @@ def cmd_viz(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
         format_of(Path(args.output), args.format)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    output_path(args.output, "-o")
     progress = Progress(["build", "analyse", "render"], args.quiet, io["err"])
-    model = _resolve(args, progress)
+    model = _resolve(args, progress, io)
     analysis = _analyze(model, args, progress)
     collapse: Any = {"auto": "auto", "yes": True, "no": False}[args.collapse]
     with progress.stage("render"):
@@ -201,69 +228,87 @@ def cmd_viz(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
     return 0
 
 
-def _api() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    try:
-        from fxopt.api import optimize, report
-    except ImportError as exc:
-        raise CliError(f"this fxopt build cannot optimize ({exc}); update fxopt") from exc
-    return optimize, report
+def _optimize(args: argparse.Namespace, model: Any, progress: Progress) -> Any:
+    from fxopt.api import optimize
+
+    with progress.stage(f"optimize for {args.target}"):
+        return optimize(model.model, model.inputs, target=args.target, prune=args.prune, compile=args.compile,
+                        verbose=args.verbose or args.debug)
 
 
 def cmd_optimize(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
-    """Optimize a model for a target, save it, and write the report."""
+    """Optimize a model for a target, save it, time it and write the report."""
+    from fxopt.api import measure, report
+    from fxopt.serialization import accepted_inputs, save
     from fxopt.viz.html import write_report
 
-    optimize, report_of = _api()
-    progress = Progress(["build", "optimize", "save", "report"], args.quiet, io["err"])
-    model = _resolve(args, progress)
-    with progress.stage(f"optimize for {args.target}"):
-        fast = optimize(model.model, model.inputs, target=args.target, prune=args.prune, compile=args.compile)
-    report = report_of(fast)
-    if args.out:
+    out = output_path(args.out, "--out") if args.out else None
+    html = output_path(args.report, "--report") if args.report else None
+    progress = Progress(["build", "optimize", "save", "time", "report"], args.quiet, io["err"])
+    model = _resolve(args, progress, io)
+    fast = _optimize(args, model, progress)
+    if out is not None:
         with progress.stage("save"):
-            from fxopt.serialization import save
-
-            save(fast, args.out, model.inputs)
-    if args.report:
+            save(fast, out, model.inputs)
+    if not args.no_measure:
+        with progress.stage("time original and optimized"):
+            measure(model.model, fast, model.inputs, rounds=args.rounds)
+    if html is not None:
         with progress.stage("report"):
-            write_report(fast, args.report, original=model.model, inputs=model.inputs,
-                         title=f"fxopt report: {model.name}", graph=not args.no_graph, measure=not args.no_measure)
+            write_report(fast, html, original=model.model, inputs=model.inputs, title=f"fxopt report: {model.name}",
+                         graph=not args.no_graph)
     progress.close()
-    _out(io, report.to_text())
-    if args.out:
-        _out(io, f"wrote {args.out}")
-    if args.report:
-        _out(io, f"wrote {args.report}")
+    _out(io, report(fast).to_text())
+    if out is not None:
+        _out(io, f"wrote {out}: load it with fxopt.load({str(out)!r}); it accepts "
+                 + "; ".join(accepted_inputs(out)))
+    if html is not None:
+        _out(io, f"wrote {html}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
-    """Time the model before and after optimization."""
+    """Time the model before and after optimization, side by side."""
     import torch
 
-    from fxopt.viz.timing import measure_ms
+    from fxopt.api import measure
 
-    optimize, report_of = _api()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    progress = Progress(["build", "optimize", "eager", "optimized"], args.quiet, io["err"])
-    model = _resolve(args, progress)
-    with progress.stage(f"optimize for {args.target}"):
-        fast = optimize(model.model, model.inputs, target=args.target, prune=args.prune, compile=args.compile)
-    report = report_of(fast)
-    measured = []
-    for label, m in (("eager", model.model), ("fxopt", fast)):
-        with progress.stage(f"time {label}"):
-            measured.append(measure_ms(m, model.inputs, args.warmup, args.iters))
+    progress = Progress(["build", "optimize", "time"], args.quiet, io["err"])
+    with _threads(args.threads):
+        model = _resolve(args, progress, io)
+        fast = _optimize(args, model, progress)
+        with progress.stage("time original and optimized"):
+            report = measure(model.model, fast, model.inputs, rounds=args.rounds)
+        threads = torch.get_num_threads()
     progress.close()
-    predicted = (report.before.predicted_s * 1e3, report.after.predicted_s * 1e3)
-    params = (report.before.params, report.after.params)
-    rows = [(label, f"{ms:.3f}", f"{pred:.3f}", f"{n / 1e6:.2f}M", f"{measured[0] / max(ms, 1e-9):.2f}x")
-            for label, ms, pred, n in zip(("eager", "fxopt"), measured, predicted, params, strict=True)]
-    _out(io, f"{model.name} on {args.target} ({torch.get_num_threads()} threads, fastest of {args.iters} runs; "
-             f"{'compiled' if report.lowered else 'eager'} after {report.pipeline})")
-    _table(io, ("model", "measured ms", "predicted ms", "params", "speed-up"), rows)
+    m = report.measured
+    assert m is not None  # measure() attaches it
+    rows = [(label, f"{t.median_ms:.3f}", f"±{50 * t.spread:.1f}%", f"{pred * 1e3:.3f}", f"{n / 1e6:.3g}M",
+             f"{m.ratio('original', t.label):.3f}x")
+            for label, t, pred, n in zip(("original", "optimized"), m.timings,
+                                         (report.before.predicted_s, report.after.predicted_s),
+                                         (report.before.params, report.after.params), strict=True)]
+    _out(io, f"{model.name} on {args.target} ({threads} threads; "
+             f"{'compiled' if report.lowered else 'not compiled'} after {report.pipeline})")
+    _out(io, f"measured: {m.method()}")
+    _table(io, ("model", "median ms", "spread", "predicted ms", "params", "time ratio"), rows)
+    for w in (*m.warnings, *report.warnings):
+        _out(io, f"warning: {w}")
     return 0
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` (unchanged for None) inside the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _table(io: dict[str, TextIO], head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -302,7 +347,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"fxopt {_version()}")
     common = Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what fxopt does (passes, files)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what fxopt does (passes, files) and let torch.compile print its progress")
     common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -320,10 +365,13 @@ def build_parser() -> Parser:
                                    "given), save the result and write an HTML report.")
     _model_args(p)
     _optimize_args(p)
-    p.add_argument("--out", metavar="PATH", help="save the optimized model (e.g. model.pt2)")
+    p.add_argument("--out", metavar="PATH", help="save the optimized model (e.g. model.pt2); load it with "
+                                                 "fxopt.load(PATH)")
     p.add_argument("--report", metavar="PATH", help="write the HTML report (e.g. report.html)")
     p.add_argument("--no-graph", action="store_true", help="leave the graph picture out of the report")
-    p.add_argument("--no-measure", action="store_true", help="do not time the models for the report")
+    p.add_argument("--no-measure", action="store_true", help="do not time the original and optimized models")
+    p.add_argument("--rounds", type=_positive, default=10,
+                   help="timing rounds, original and optimized interleaved (default: 10)")
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("viz", parents=[common], help="draw a model's graph with its groups coloured",
@@ -341,12 +389,13 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser("bench", parents=[common], help="time a model before and after optimization",
-                       description="Optimize MODEL and time eager and optimized forward passes (fastest of "
-                                   "--iters runs), beside the latency fxopt predicts for the target.")
+                       description="Optimize MODEL and time the original and the optimized forward pass side by "
+                                   "side, in interleaved rounds (median and spread; a warning when the machine "
+                                   "is too busy for the figures to hold), beside the latency fxopt predicts.")
     _model_args(p)
     _optimize_args(p)
-    p.add_argument("--iters", type=_positive, default=20, help="timed runs; the fastest counts (default: 20)")
-    p.add_argument("--warmup", type=_positive, default=3, help="untimed runs first (default: 3)")
+    p.add_argument("--rounds", type=_positive, default=15,
+                   help="timing rounds, original and optimized interleaved (default: 15)")
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_bench)
 
@@ -401,17 +450,26 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         with warnings.catch_warnings():
             if not args.debug:
                 warnings.simplefilter("ignore")
-            return _run(args, io)
+            code = _run(args, io)
+        io["out"].flush()
+        return code
+    except BrokenPipeError:  # the reader went away (fxopt list | head): stop quietly, as other tools do
+        _drop_stdout(io["out"])
+        return EXIT_FAILURE
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
 
 
-def _quiet_torch() -> None:
-    """Keep torch's own warnings (symbolic shapes, export diagnostics) off the terminal; --debug shows them."""
-    import torch
-
-    torch._logging.set_logs(all=logging.ERROR)
+def _drop_stdout(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that Python's flush at exit finds no broken pipe."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, io_module.UnsupportedOperation):  # an in-memory stream: nothing to detach
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _run(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
@@ -422,9 +480,14 @@ def _run(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
     try:
         if args.debug:
             return int(args.func(args, io))
-        _quiet_torch()
-        with contextlib.redirect_stderr(io_module.StringIO()):  # torch prints partial graphs on export errors
+        from fxopt.passes.lower import quiet_torch_logs
+
+        # torch's own warnings (symbolic shapes, export diagnostics) and the partial graphs it prints on export
+        # errors stay off the terminal; --debug shows them
+        with quiet_torch_logs(), contextlib.redirect_stderr(io_module.StringIO()):
             return int(args.func(args, io))
+    except BrokenPipeError:
+        raise  # main() stops quietly
     except CliError as exc:
         io["err"].write(f"{prog}: error: {_one_line(exc)}\n")
         return exc.code

@@ -1,7 +1,8 @@
 """Resolve a model name from the command line: a zoo entry or a user's ``package.module:factory``.
 
 ``torchvision:resnet50``, ``timm:convnext_tiny``, ``hf:gpt2`` name entries of ``fxopt.testing.zoo`` (random
-weights, example inputs included). Anything else of the form ``module:factory`` (or ``path/to/file.py:factory``)
+weights), built for their natural input: 224x224 for ImageNet models (299x299 for Inception v3, the size timm's
+config names for timm models), 16 tokens for the small transformers configs. Anything else of the form ``module:factory`` (or ``path/to/file.py:factory``)
 imports the module and calls ``factory()``, which returns either a module or ``(module, example_inputs)``;
 a bare module needs input shapes (``1x3x224x224``, ``1x16:int64``).
 """
@@ -69,7 +70,8 @@ def _zoo(spec: str) -> ResolvedModel | None:
             raise ModelSpecError(f"unknown model {spec!r}" + (f"; {close}" if close else "")
                                  + "; `fxopt list` shows the built-in models") from None
         return None
-    return ResolvedModel(spec, entry.build().eval(), tuple(entry.inputs()))
+    model, inputs = entry.natural() if entry.natural is not None else (entry.build(), entry.inputs())
+    return ResolvedModel(spec, model.eval(), tuple(inputs))
 
 
 def _load_file(path: Path) -> Any:
@@ -138,7 +140,7 @@ def resolve(spec: str, shapes: list[str] | None = None) -> ResolvedModel:
 
     Example:
         >>> resolve("torchvision:resnet18").inputs[0].shape
-        torch.Size([1, 3, 64, 64])
+        torch.Size([1, 3, 224, 224])
     """
     if ":" not in spec:
         raise ModelSpecError(f"unknown model {spec!r}: use a built-in name such as torchvision:resnet50, "
@@ -149,6 +151,18 @@ def resolve(spec: str, shapes: list[str] | None = None) -> ResolvedModel:
         raise ModelSpecError(f"{spec} gives no example inputs: return (model, example_inputs) from the factory "
                              "or pass --input 1x3x224x224")
     return ResolvedModel(found.name, found.model, inputs)
+
+
+def describe_inputs(inputs: tuple[Any, ...]) -> str:
+    """Example inputs as text, in the form ``--input`` takes: ``1x3x224x224`` or ``1x16:int64``, comma-separated."""
+    parts = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            dtype = str(x.dtype).removeprefix("torch.")
+            parts.append("x".join(map(str, x.shape)) + ("" if dtype == "float32" else f":{dtype}"))
+        else:
+            parts.append(type(x).__name__)
+    return ", ".join(parts)
 
 
 def zoo_names() -> list[str]:

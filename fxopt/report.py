@@ -6,11 +6,12 @@ The Report holds each pass's PassResult and the model's parameters, FLOPs and pr
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
-from dataclasses import dataclass, field
-
 from fxopt.passes.base import PassResult
+from fxopt.timing import Measurement
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Report:
         lowered: whether the returned module is compiled.
         lowering_note: what lowering did or why it fell back to eager.
         warnings: anything the user should know (folded parameters no longer train, ...).
+        measured: the original and the optimized module timed side by side on this machine (labels
+            ``"original"`` and ``"optimized"``), or None where they were not timed.
     """
 
     model: str
@@ -59,6 +62,11 @@ class Report:
     lowered: bool = False
     lowering_note: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    measured: Measurement | None = None
+
+    def with_measurement(self, measured: Measurement) -> Report:
+        """This report with ``measured`` (labels ``"original"`` and ``"optimized"``) attached."""
+        return dataclasses.replace(self, measured=measured)
 
     @property
     def speedup_predicted(self) -> float:
@@ -120,9 +128,23 @@ def render_text(report: Report) -> str:
             reasons[key] = reasons.get(key, 0) + 1
         for key, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
             lines.append(f"      skipped x{count}: {key}")
+    lines.append("")
+    lines += ["  " + line for line in measured_lines(report)]
     for w in report.warnings:
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
+
+
+def measured_lines(report: Report) -> list[str]:
+    """The measured latency in plain text (the same figures the HTML report's card shows), or why there is none."""
+    m = report.measured
+    if m is None:
+        return ["measured: not timed on this machine (predicted figures only; `fxopt bench` or "
+                "`fxopt.measure(model, optimized)` time them)"]
+    before, after = m["original"], m["optimized"]
+    lines = [f"measured: {before.to_text()} -> {after.to_text()}, "
+             f"{m.ratio('original', 'optimized'):.3f}x ({m.method()})"]
+    return lines + [f"warning: {w}" for w in m.warnings]
 
 
 def _fmt(value: object) -> str:

@@ -1,12 +1,18 @@
-"""Shared fixtures: deterministic, single-threaded torch and the ``rig`` of small checking helpers.
+"""Shared fixtures: deterministic, single-threaded torch, a guard on global state, and the ``rig`` of helpers.
 
 The models in these tests are tiny; torch's intra-op threads only fight over the cores with the other pytest-xdist
 worker, which makes a 2x3x8x8 conv take 100x longer. One thread per worker is the fast setting.
+
+Every test must leave the process as it found it (the suite runs in random order and split across workers): the
+``_no_global_state_change`` guard fails a test that changes torch's, inductor's or dynamo's configuration, torch's
+thread count, default dtype, grad mode or matmul precision, a logger's level, or an fxopt registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +33,54 @@ def _single_thread() -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def _registries() -> dict[str, Any]:
+    from fxopt.ops.registry import REGISTRY
+    from fxopt.passes.base import PASSES
+    from fxopt.pruning.importance import CRITERIA
+    from fxopt.targets.registry import TARGETS
+
+    return {f"{name}.{attr}": sorted(map(str, value)) for name, registry in
+            (("ops", REGISTRY), ("passes", PASSES), ("criteria", CRITERIA), ("targets", TARGETS))
+            for attr, value in vars(registry).items() if isinstance(value, dict)}
+
+
+def global_state() -> dict[str, Any]:
+    """What no test may change: library configuration, torch's process-wide settings, loggers, registries."""
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config
+
+    loggers = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+               if isinstance(lg, logging.Logger) and name.split(".")[0] in ("torch", "fxopt")}
+    return {
+        "inductor": inductor_config.get_config_copy(), "dynamo": dynamo_config.get_config_copy(),
+        "threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(), "grad": torch.is_grad_enabled(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "tf32": (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32),
+        "fxopt_handlers": len(logging.getLogger("fxopt").handlers), "loggers": loggers, **_registries(),
+    }
+
+
+def state_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The entries of ``global_state()`` that differ (loggers created in between are not changes)."""
+    changed = []
+    for key, old in before.items():
+        new = after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{k}" for k, v in old.items() if k in new and new[k] != v]
+        elif new != old:
+            changed.append(key)
+    return changed
+
+
+@pytest.fixture(autouse=True)
+def _no_global_state_change() -> Iterator[None]:
+    before = global_state()
+    yield
+    changed = state_changes(before, global_state())
+    if changed:
+        pytest.fail(f"the test changed global state it must restore: {', '.join(changed[:10])}")
 
 
 class _BetweenLinears(nn.Module):

@@ -84,7 +84,8 @@ def test_cli_viz_writes_valid_svg_naming_every_group(tmp_path: Path) -> None:
         pytest.skip("Graphviz `dot` is not installed")
     proc = _cli("viz", "torchvision:resnet18", "-o", "graph.svg", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("wrote graph.svg")
+    assert proc.stdout.splitlines() == ["torchvision:resnet18: example input 1x3x224x224 (--input SHAPE to change)",
+                                        "wrote graph.svg (71 nodes, 12 groups)"]
     text = " ".join(ET.parse(tmp_path / "graph.svg").getroot().itertext())
     analysis = fxopt.analyze(*_zoo("torchvision:resnet18"))
     for g in analysis.groups:
@@ -169,7 +170,7 @@ def test_cli_viz_without_graphviz_writes_dot_and_warns(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(render, "dot_executable", lambda: None)
     code, out, err = _inproc("viz", "torchvision:resnet18", "-o", str(tmp_path / "graph.svg"))
-    assert code == 0 and out == ""
+    assert code == 0 and "wrote" not in out
     assert err.count("\n") == 1 and "apt-get install graphviz" in err
     assert (tmp_path / "graph.dot").read_text().startswith("digraph fxopt {")
 
@@ -186,7 +187,13 @@ def test_cli_optimize_writes_model_and_report(tmp_path: Path) -> None:
 
 
 @needs_optimize
-def test_cli_bench_prints_timings() -> None:
-    code, out, err = _inproc("bench", "torchvision:resnet18", "--iters", "2", "--warmup", "1", "--no-compile")
+def test_cli_bench_prints_medians_spread_and_method() -> None:
+    code, out, err = _inproc("bench", "torchvision:resnet18", "--input", "1x3x32x32", "--rounds", "3",
+                             "--no-compile")
     assert code == 0, err
-    assert "eager" in out and "fxopt" in out and "speed-up" in out and "predicted ms" in out
+    lines = out.splitlines()
+    assert lines[0] == "torchvision:resnet18: example input 1x3x32x32"
+    assert lines[2].startswith("measured: median of 3 interleaved rounds of ")
+    table = {line.split()[0]: line.split() for line in lines[3:] if line.startswith(("original", "optimized"))}
+    assert set(table) == {"original", "optimized"} and table["original"][-1] == "1.000x"
+    assert all(row[2].startswith("±") and row[2].endswith("%") for row in table.values())

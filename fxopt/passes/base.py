@@ -139,6 +139,7 @@ class PassContext:
         target: the hardware target, when the pipeline was built for one.
         calibration: optional calibration data (an iterable of input tuples) for data-aware passes.
         options: free-form options of the caller (``optimize()`` puts its arguments here).
+        verbose: let compilers print their progress (autotuning, recompilation notices); off by default.
         version: graph version; bumped by every edit, it invalidates cached analyses.
         lowered: the compiled module, once a lowering pass ran.
         previous: names of the passes that already ran.
@@ -148,6 +149,7 @@ class PassContext:
     target: Target | None = None
     calibration: Any = None
     options: dict[str, Any] = field(default_factory=dict)
+    verbose: bool = False
     version: int = 0
     lowered: torch.nn.Module | None = None
     previous: list[str] = field(default_factory=list)

@@ -3,7 +3,12 @@
 The pass leaves the graph as it is; it compiles it, runs it once on the example inputs (compilation is lazy, so
 this is where a missing C++ compiler or an unsupported op shows up) and stores the compiled module in
 ``ctx.lowered``. If compiling fails for any reason, the pipeline keeps the eager graph module and the result
-records why: ``optimize()`` never fails because inductor is unavailable.
+records why: ``optimize()`` never fails because inductor is unavailable. Lowering is also skipped, with the reason,
+when the target's device is not where the model runs (a GPU target asked for on a machine without that GPU):
+the passes the target shapes still ran, but a GPU recipe is never compiled for a CPU model.
+
+Compilers talk while they work (autotuning tables, recompilation notices); the pass keeps them quiet unless
+``ctx.verbose`` is set.
 
 With ``freezing`` (the CPU recipe) inductor treats parameters as constants and prepacks them: the compiled
 module is for inference. Fine-tune the graph module (``fast._orig_mod``) instead.
@@ -12,9 +17,11 @@ module is for inference. Fine-tune the graph module (``fast._orig_mod``) instead
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,6 +29,7 @@ import torch
 import torch.fx as fx
 
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
+from fxopt.targets.spec import Target
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +38,57 @@ def compiler_missing(device: str) -> str | None:
     """Why inductor cannot compile for ``device`` here (no C++ compiler for CPU), or None."""
     if device != "cpu":
         return None
-    from torch._inductor import config
+    try:
+        from torch._inductor import config
 
-    cxx = config.cpp.cxx
+        cxx = config.cpp.cxx
+    except Exception as exc:  # a torch whose config cannot be read (or was left broken) must not fail optimize()
+        return f"inductor's C++ compiler setting cannot be read ({type(exc).__name__}: {_first_line(exc)})"
     names = [c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c]
     if not any(shutil.which(str(c)) for c in names):
         return f"no C++ compiler found (inductor looks for {', '.join(map(str, names))})"
     return None
 
 
-def _device_of(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> str:
-    for t in list(gm.parameters()) + [x for x in inputs if isinstance(x, torch.Tensor)]:
+def device_mismatch(target: Target | None, device: str) -> str | None:
+    """Why a model on ``device`` must not be compiled with ``target``'s recipe, or None when they agree."""
+    if target is None or target.device == device:
+        return None
+    if target.device == "cuda" and not torch.cuda.is_available():
+        return (f"target {target.name!r} runs on cuda and this machine has no CUDA device: the model stays on "
+                f"{device}, uncompiled (optimize on a machine with the GPU to lower for it)")
+    return (f"target {target.name!r} runs on {target.device} but the model and inputs are on {device}: move them "
+            f"with .to({target.device!r}) first, or pick a {device} target")
+
+
+@contextlib.contextmanager
+def quiet_torch_logs(level: int = logging.ERROR) -> Iterator[None]:
+    """Raise every ``torch`` logger to ``level`` inside the block; their levels are restored on exit."""
+    names = ["torch", *(n for n in logging.root.manager.loggerDict if n.startswith("torch."))]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [(lg, lg.level) for lg in loggers]
+    try:
+        for lg, _ in levels:
+            lg.setLevel(level)
+        yield
+    finally:
+        for lg, old in levels:
+            lg.setLevel(old)
+
+
+@contextlib.contextmanager
+def quiet_compilers() -> Iterator[None]:
+    """Keep torch's compiler logs (below ERROR) and printed progress (autotuning tables) off the terminal.
+
+    Logger levels and ``sys.stdout``/``sys.stderr`` are restored on exit.
+    """
+    with quiet_torch_logs(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def device_of(module: torch.nn.Module, inputs: tuple[Any, ...]) -> str:
+    """The device type ``module`` runs on: its first parameter's, else its first tensor input's, else cpu."""
+    for t in [*module.parameters(), *(x for x in inputs if isinstance(x, torch.Tensor))]:
         return t.device.type
     return "cpu"
 
@@ -85,8 +133,10 @@ class LowerPass(Pass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         """Compile ``gm`` into ``ctx.lowered``, or record why the eager graph is kept."""
-        device = _device_of(gm, ctx.example_inputs)
-        reason = compiler_missing(device) if self.backend == "inductor" else None
+        device = device_of(gm, ctx.example_inputs)
+        reason = device_mismatch(ctx.target, device)
+        if reason is None and self.backend == "inductor":
+            reason = compiler_missing(device)
         if reason is not None:
             return self._fallback(reason)
         if self.tf32 and device == "cuda":
@@ -97,7 +147,7 @@ class LowerPass(Pass):
         try:
             # Compilation is lazy: the config must be patched while the warm-up call compiles. (Passing these
             # as torch.compile(options=...) does not reach inductor's freezing.)
-            with _inductor_patch(options):
+            with _inductor_patch(options), (contextlib.nullcontext() if ctx.verbose else quiet_compilers()):
                 compiled = torch.compile(gm, backend=self.backend, dynamic=self.dynamic)
                 if self.warmup and ctx.example_inputs:
                     with torch.no_grad():
@@ -116,7 +166,7 @@ class LowerPass(Pass):
 
     def _fallback(self, reason: str) -> PassResult:
         return PassResult(str(self), changed=False, metrics={"lowered": False, "fallback_reason": reason},
-                          notes=(f"kept eager: {reason}",))
+                          notes=(f"not compiled: {reason}",))
 
 
 def _inductor_patch(options: dict[str, Any]) -> Any:

@@ -95,7 +95,9 @@ class Target:
 
     def describe(self) -> str:
         """A one-line human description."""
-        flops = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in self.peak_flops.items())
+        flops = ", ".join(f"{k} {v / 1e12:.3g}" + (" (no native support: emulated, slower than fp32)"
+                                                    if k in self.slow_dtypes else "")
+                          for k, v in self.peak_flops.items())
         where = f"{self.cores} cores {self.isa}" if self.cores else self.isa
         return (f"{self.name} ({self.device}{', ' + where if where else ''}): peak TFLOP/s {flops}; "
                 f"{self.memory_bandwidth / 1e9:.0f} GB/s")

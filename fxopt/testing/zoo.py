@@ -51,6 +51,9 @@ class ZooEntry:
         heavy: True when the model has more than ~60M parameters or its forward
             pass at the chosen input takes more than ~1.5 s on a 2-core CPU.
         fast_slice: True for the small representative slice run in CI.
+        natural: Builds the model for the input it was designed for (224x224 for most ImageNet models, 299x299
+            for Inception v3) and returns it with that input; None when ``inputs`` already is that input. The
+            test inputs are smaller to keep the suite fast; the command line uses the natural ones.
     """
 
     name: str
@@ -59,6 +62,7 @@ class ZooEntry:
     inputs: Callable[[], tuple[torch.Tensor, ...]]
     heavy: bool
     fast_slice: bool
+    natural: Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]] | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -127,12 +131,21 @@ def _tv_image_size(name: str) -> int:
     return _TV_IMAGE_SIZES.get(name, _DEFAULT_IMAGE_SIZE)
 
 
-def _build_torchvision(name: str) -> nn.Module:
+_TV_NATURAL_SIZES: dict[str, int] = {"inception_v3": 299}
+"""The input sizes torchvision's weights were trained at, where not 224."""
+
+
+def _tv_natural(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    size = _TV_NATURAL_SIZES.get(name, 224)
+    return _build_torchvision(name, size), _image_inputs(size)
+
+
+def _build_torchvision(name: str, image_size: int | None = None) -> nn.Module:
     import torchvision.models as tvm
 
     kwargs: dict[str, Any] = {}
     if name.startswith("vit_"):
-        kwargs["image_size"] = _tv_image_size(name)
+        kwargs["image_size"] = image_size or _tv_image_size(name)
     if name in ("googlenet", "inception_v3"):
         kwargs["init_weights"] = True  # silences the "default init will change" warning
     return _seeded_build(lambda: tvm.get_model(name, weights=None, **kwargs))
@@ -153,6 +166,7 @@ def _torchvision_entries() -> list[ZooEntry]:
             inputs=functools.partial(_image_inputs, _tv_image_size(name)),
             heavy=name in _TV_HEAVY,
             fast_slice=name in _TV_FAST,
+            natural=functools.partial(_tv_natural, name),
         )
         for name in _torchvision_names()
     ]
@@ -207,6 +221,13 @@ def _build_timm(name: str) -> nn.Module:
     return _seeded_build(lambda: timm.create_model(name, pretrained=False))
 
 
+def _timm_natural(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    import timm
+
+    size = int(timm.get_pretrained_cfg(name).input_size[-1])
+    return _build_timm(name), _image_inputs(size)
+
+
 def _timm_entries() -> list[ZooEntry]:
     return [
         ZooEntry(
@@ -216,6 +237,7 @@ def _timm_entries() -> list[ZooEntry]:
             inputs=functools.partial(_image_inputs, size),
             heavy=name in _TIMM_HEAVY,
             fast_slice=name in _TIMM_FAST,
+            natural=functools.partial(_timm_natural, name),
         )
         for name, size in _TIMM_MODELS.items()
     ]

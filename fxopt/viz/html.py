@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxopt.timing import Measurement
+from fxopt.timing import measure as time_side_by_side
 from fxopt.viz.charts import latency_chart, layer_chart, matplotlib_available
 from fxopt.viz.layers import LayerRow, layer_table
 
@@ -35,21 +37,20 @@ class ReportExtras:
 
     Attributes:
         layers: per-layer parameters and FLOPs (before and after).
-        measured_ms: measured milliseconds per forward pass ``(before, after)`` (fastest of several runs);
-            ``None`` where not measured.
+        measured: the original and the optimized module timed side by side (``fxopt.timing``), or None.
         graph_svg: the before/after picture as SVG text.
         notes: why a part is missing (no Graphviz, no original model, ...).
     """
 
     layers: tuple[LayerRow, ...] = ()
-    measured_ms: tuple[float | None, float | None] = (None, None)
+    measured: Measurement | None = None
     graph_svg: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 def collect_extras(report: Any, optimized: torch.nn.Module | None = None, original: torch.nn.Module | None = None,
                    inputs: Sequence[Any] = (), *, analysis: Any = None, measure: bool = True,
-                   graph: bool = True, iters: int = 5) -> ReportExtras:
+                   graph: bool = True, rounds: int = 10) -> ReportExtras:
     """Per-layer numbers, timings and the before/after picture for ``report``.
 
     Args:
@@ -58,15 +59,14 @@ def collect_extras(report: Any, optimized: torch.nn.Module | None = None, origin
         original: the model that was optimized (its graph is re-traced for the before view).
         inputs: the example inputs.
         analysis: ``fxopt.analyze(original, inputs)`` if already computed (colours the picture's groups).
-        measure: time both modules (fastest of ``iters`` runs).
+        measure: time both modules side by side, unless the report already carries a measurement
+            (``fxopt.measure``), which is then shown as it is.
         graph: draw the before/after picture (needs Graphviz).
-        iters: timed runs per module.
+        rounds: timing rounds.
     """
     from fxopt.analysis.analysis import analyze
     from fxopt.viz.api import optimized_parts, visualize
     from fxopt.viz.render import dot_executable
-    from fxopt.viz.timing import measure_ms
-
     notes: list[str] = []
     parts = optimized_parts(optimized) if optimized is not None else None
     after = parts[0] if parts is not None else None
@@ -83,9 +83,9 @@ def collect_extras(report: Any, optimized: torch.nn.Module | None = None, origin
         layers = layer_table(before, inputs, after)
     elif after is not None and inputs:
         layers = layer_table(after, inputs)
-    measured: tuple[float | None, float | None] = (None, None)
-    if measure and original is not None and optimized is not None and inputs:
-        measured = (measure_ms(original, inputs, iters=iters), measure_ms(optimized, inputs, iters=iters))
+    measured = getattr(report, "measured", None)
+    if measured is None and measure and original is not None and optimized is not None and inputs:
+        measured = time_side_by_side({"original": original, "optimized": optimized}, inputs, rounds=rounds)
     svg = None
     if graph and after is not None:
         if dot_executable() is None:
@@ -145,14 +145,28 @@ def _fmt_num(value: float, unit: str = "") -> str:
     return f"{value:.3g}{unit}"
 
 
-def _card(label: str, before: float | None, after: float | None, unit: str = "") -> str:
+def _card(label: str, before: float | None, after: float | None, unit: str = "", ratio: float | None = None,
+          note: str = "") -> str:
     if before is None or after is None:
         shown = _fmt_num(before if before is not None else after or 0.0, unit)
         return f'<div class="card"><div class="k">{escape(label)}</div><div class="v">{shown}</div></div>'
-    ratio = after / before if before else 1.0
+    if ratio is None:
+        ratio = after / before if before else 1.0
     cls = "good" if ratio < 0.999 else "bad" if ratio > 1.001 else ""
+    sub = f'<div class="k">{escape(note)}</div>' if note else ""
     return (f'<div class="card"><div class="k">{escape(label)}</div><div class="v">{_fmt_num(before, unit)} → '
-            f'{_fmt_num(after, unit)}</div><div class="r {cls}">{ratio:.3f}×</div></div>')
+            f'{_fmt_num(after, unit)}</div><div class="r {cls}">{ratio:.3f}×</div>{sub}</div>')
+
+
+def _measured_card(m: Measurement | None) -> str:
+    """The measured-latency card: medians, the median per-round ratio and the spread (as in the text report)."""
+    if m is None:
+        return ('<div class="card"><div class="k">measured latency</div><div class="v">not timed</div>'
+                '<div class="k">predicted figures only</div></div>')
+    before, after = m["original"], m["optimized"]
+    note = f"±{50 * before.spread:.1f}% / ±{50 * after.spread:.1f}%" + (" · unreliable" if m.warnings else "")
+    return _card("measured latency", before.median_ms, after.median_ms, " ms", m.ratio("original", "optimized"),
+                 note)
 
 
 def _metrics(result: Any) -> str:
@@ -218,9 +232,12 @@ def render_html(report: Any, extras: ReportExtras | None = None, title: str | No
         title: the page title (default: ``"fxopt report: <model>"``).
     """
     extras = extras or ReportExtras()
+    if extras.measured is not None and getattr(report, "measured", None) is None:
+        report = report.with_measurement(extras.measured)  # the text summary shows the card's figures
+    measured = getattr(report, "measured", None)
     b, a = report.before, report.after
     title = title or f"fxopt report: {report.model}"
-    pm, am = extras.measured_ms
+    pm, am = (measured["original"].median_ms, measured["optimized"].median_ms) if measured else (None, None)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{escape(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
@@ -234,10 +251,10 @@ def render_html(report: Any, extras: ReportExtras | None = None, title: str | No
         _card("FLOPs per forward", b.flops, a.flops),
         _card("predicted latency", b.predicted_s * 1e3, a.predicted_s * 1e3, " ms"),
     ]
-    if pm is not None and am is not None:
-        parts.append(_card("measured latency", pm, am, " ms"))
+    parts.append(_measured_card(measured))
     parts += [_card("graph nodes", b.nodes, a.nodes), "</div>"]
-    parts += [f'<div class="warn">{escape(w)}</div>' for w in (*report.warnings, *extras.notes)]
+    timing_warnings = tuple(f"timing: {w}" for w in (measured.warnings if measured else ()))
+    parts += [f'<div class="warn">{escape(w)}</div>' for w in (*report.warnings, *timing_warnings, *extras.notes)]
     parts += ["<h2>Passes</h2>",
               "<table><tr><th>#</th><th>pass</th><th>result</th><th>what changed</th><th>skipped (why)</th>"
               "<th>nodes</th><th>metrics and notes</th><th>s</th></tr>", *_pass_rows(report.results), "</table>",
@@ -258,8 +275,8 @@ def render_html(report: Any, extras: ReportExtras | None = None, title: str | No
     chart = latency_chart((b.predicted_s * 1e3, a.predicted_s * 1e3), (pm, am))
     if chart:
         parts.append(f'<div class="chart">{chart}</div>')
-    parts.append(f'<p class="sub">predicted: roofline of {escape(report.target)} in eager mode; measured: fastest '
-                 "of several runs on this machine" + ("" if pm is not None else " (not measured)") + ".</p>")
+    how = f"measured: {escape(measured.method())}" if measured else "measured: not timed"
+    parts.append(f'<p class="sub">predicted: roofline of {escape(report.target)} in eager mode; {how}.</p>')
     parts.append("<h2>Graph</h2>")
     if extras.graph_svg:
         parts.append('<p class="sub">colours: channel groups; grey dashed: removed; green: new; orange: resized; '
@@ -274,7 +291,7 @@ def render_html(report: Any, extras: ReportExtras | None = None, title: str | No
 
 def write_report(source: Any, path: str | Path, *, original: torch.nn.Module | None = None,
                  inputs: Sequence[Any] = (), analysis: Any = None, title: str | None = None, graph: bool = True,
-                 measure: bool = True, iters: int = 5) -> Path:
+                 measure: bool = True, rounds: int = 10) -> Path:
     """Write the HTML report of an ``optimize`` run.
 
     Args:
@@ -285,8 +302,9 @@ def write_report(source: Any, path: str | Path, *, original: torch.nn.Module | N
         analysis: ``fxopt.analyze(original, inputs)``, if computed already.
         title: the page title.
         graph: include the before/after graph picture.
-        measure: time the original and the optimized module.
-        iters: timed runs per module (the fastest is shown).
+        measure: time the original and the optimized module side by side, unless the report carries a
+            measurement already (``fxopt.measure``).
+        rounds: timing rounds.
 
     Returns:
         The path written.
@@ -301,7 +319,7 @@ def write_report(source: Any, path: str | Path, *, original: torch.nn.Module | N
     report = parts[1] if parts is not None else source
     optimized = source if parts is not None else None
     extras = collect_extras(report, optimized, original, inputs, analysis=analysis, measure=measure, graph=graph,
-                            iters=iters)
+                            rounds=rounds)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(report, extras, title))

@@ -13,6 +13,7 @@ from torch import nn
 
 from fxopt.passes.base import Edit, PassResult, Skip
 from fxopt.report import ModelStats, Report
+from fxopt.timing import Measurement, Timing
 from fxopt.viz.charts import AFTER, BEFORE, MEASURED, latency_chart, layer_chart, matplotlib_available
 from fxopt.viz.html import ReportExtras, render_html, write_report
 from fxopt.viz.layers import OTHER, LayerRow, layer_table
@@ -51,7 +52,9 @@ def test_render_html_lists_passes_changes_and_skip_reasons() -> None:
 @needs_matplotlib
 def test_render_html_embeds_layer_and_latency_charts() -> None:
     rows = (LayerRow("conv1", 100, 50, 1e6, 5e5), LayerRow("fc", 40, 40, 1e3, 1e3))
-    html = render_html(_report(), ReportExtras(rows, (2.0, 1.0), "<svg id='g'></svg>", ("a note",)))
+    timed = Measurement((Timing("original", (2.0, 2.0, 2.0), 5), Timing("optimized", (1.0, 1.0, 1.0), 10)),
+                        threads=1, cores=2, load=0.0)
+    html = render_html(_report(), ReportExtras(rows, timed, "<svg id='g'></svg>", ("a note",)))
     assert html.count("<svg") == 4  # two layer charts, the latency chart, the graph
     assert AFTER in html and BEFORE in html and MEASURED in html
     assert "measured latency" in html and "a note" in html and "<svg id='g'></svg>" in html
@@ -105,7 +108,7 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model, x = Net().eval(), torch.randn(1, 3, 16, 16)
     fast = optimize(model, x, target="cpu", prune=0.5, compile=False)
-    return write_report(fast, tmp_path_factory.mktemp("report") / "report.html", original=model, iters=2)
+    return write_report(fast, tmp_path_factory.mktemp("report") / "report.html", original=model, rounds=3)
 
 
 @needs_api
