@@ -1,4 +1,4 @@
-"""The ``fxopt`` command: analyse, optimize, draw and benchmark a model from the shell.
+"""The fxopt command: analyse, optimize, draw and benchmark a model from the shell.
 
     fxopt analyze torchvision:resnet50
     fxopt optimize torchvision:resnet50 --target cpu --prune 0.5 --out model.pt2 --report report.html
@@ -256,7 +256,7 @@ def cmd_optimize(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
     if html is not None:
         with progress.stage("report"):
             write_report(fast, html, original=model.model, inputs=model.inputs, title=f"fxopt report: {model.name}",
-                         graph=not args.no_graph)
+                         graph=not args.no_graph, measure=not args.no_measure)
     progress.close()
     _out(io, report(fast).to_text())
     if out is not None:

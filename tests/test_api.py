@@ -117,3 +117,45 @@ def test_optimize_for_gpu_target_builds_its_pipeline_and_stays_lossless() -> Non
     assert r.pipeline == "cleanup,fuse(siblings=True),channels_last" and r.target == "h100"
     assert r.result("fuse").metrics["fused_linears"] == 3
     assert_equivalent(model, fast, (x,))
+
+
+def test_optimize_for_a_gpu_target_without_the_gpu_skips_lowering_with_one_warning(net, monkeypatch) -> None:
+    """D14: the report said "compiled with inductor (max_autotune ...)" for a100 on a machine with no GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning) as caught:
+        fast = optimize(net, x, target="a100", prune=0.5)
+    skipped = [str(w.message) for w in caught if "lowering skipped" in str(w.message)]
+    assert skipped == ["fxopt.optimize: lowering skipped: target 'a100' runs on cuda and this machine has no CUDA "
+                       "device: the model stays on cpu, uncompiled (optimize on a machine with the GPU to lower for "
+                       "it)"]
+    r = report(fast)
+    assert not r.lowered and not hasattr(fast, "_orig_mod")
+    assert "compiled with" not in r.to_text() and "lowered: no (not compiled: target 'a100'" in r.to_text()
+    assert [w for w in r.warnings if w.startswith("lowering skipped: target 'a100'")]
+    assert r.pipeline.startswith("cleanup,fuse(siblings=True),prune(")  # the passes the target shapes still ran
+    assert "round_to=4" in r.pipeline  # tensor-core channel multiple of a100 in fp32
+    widths = [m.out_channels for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert widths and all(w % 4 == 0 for w in widths)
+
+
+def test_measure_attaches_side_by_side_timings_to_the_report(net) -> None:
+    from fxopt.api import measure
+
+    x = torch.randn(1, 3, 8, 8)
+    fast = optimize(net, x, compile=False)
+    assert "measured: not timed on this machine" in report(fast).to_text()
+    timed = measure(net, fast, rounds=3)
+    assert report(fast) is timed and timed.measured is not None
+    assert [t.label for t in timed.measured.timings] == ["original", "optimized"]
+    text = timed.to_text()
+    assert f"measured: {timed.measured['original'].to_text()} -> {timed.measured['optimized'].to_text()}" in text
+
+
+def test_fxopt_save_load_and_measure_are_public() -> None:
+    """D16: the docs used fxopt.save/fxopt.load, which did not exist."""
+    import fxopt
+    from fxopt import serialization
+
+    assert fxopt.save is serialization.save and fxopt.load is serialization.load
+    assert {"save", "load", "measure"} <= set(fxopt.__all__)

@@ -41,6 +41,10 @@ def data_dependent():
 def mlp():
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
 
+def marked_mlp():
+    open("factory-was-called", "w").close()
+    return mlp(), torch.randn(2, 8)
+
 def not_a_model():
     return 42
 '''
@@ -197,3 +201,103 @@ def test_cli_bench_prints_medians_spread_and_method() -> None:
     table = {line.split()[0]: line.split() for line in lines[3:] if line.startswith(("original", "optimized"))}
     assert set(table) == {"original", "optimized"} and table["original"][-1] == "1.000x"
     assert all(row[2].startswith("±") and row[2].endswith("%") for row in table.values())
+
+
+def _card_figures(html: str) -> tuple[str, str, str]:
+    import re
+
+    card = html[html.index('<div class="k">measured latency</div>'):]
+    found = re.search(r'class="v">([\d.]+) ms → ([\d.]+) ms</div><div class="r[^"]*">([\d.]+)×', card)
+    assert found, card[:400]
+    return found.group(1), found.group(2), found.group(3)
+
+
+@needs_optimize
+def test_cli_optimize_text_and_html_report_show_the_same_measurement(models_file: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """D4: the HTML card said 13.6x slower while `fxopt bench` said 2.3x faster; now both come from one run."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _inproc("optimize", f"{models_file}:mlp", "--input", "2x8", "--no-compile", "--no-graph",
+                             "--rounds", "3", "--report", "r.html")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.strip().startswith("measured:"))
+    text = re.search(r"measured: ([\d.]+) ms ±[\d.]+% -> ([\d.]+) ms ±[\d.]+%, ([\d.]+)x \(median of 3 interleaved", line)
+    assert text, line
+    before, after, ratio = _card_figures((tmp_path / "r.html").read_text())
+    assert float(before) == pytest.approx(float(text.group(1)), rel=5e-3, abs=5e-3)
+    assert float(after) == pytest.approx(float(text.group(2)), rel=5e-3, abs=5e-3)
+    assert ratio == text.group(3)
+
+
+@needs_optimize
+def test_cli_optimize_without_timing_says_so_in_text_and_html(models_file: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _inproc("optimize", f"{models_file}:mlp", "--input", "2x8", "--no-compile", "--no-graph",
+                             "--no-measure", "--report", "r.html")
+    assert code == 0, err
+    assert "measured: not timed on this machine" in out
+    html = (tmp_path / "r.html").read_text()
+    assert '<div class="k">measured latency</div><div class="v">not timed</div>' in html
+
+
+@needs_optimize
+def test_cli_optimize_creates_missing_directories_and_says_how_to_load(models_file: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _inproc("optimize", f"{models_file}:mlp", "--input", "2x8", "--no-compile", "--no-measure",
+                             "--out", "new/dir/m.pt2", "--report", "other/r.html", "--no-graph")
+    assert code == 0, err
+    assert (tmp_path / "new/dir/m.pt2").is_file() and (tmp_path / "other/r.html").is_file()
+    assert "wrote new/dir/m.pt2: load it with fxopt.load('new/dir/m.pt2'); it accepts input: Nx8 float32 (N >= 1)" \
+        in out
+
+
+@pytest.mark.parametrize("args", [
+    ["optimize", "--out", "blocker/m.pt2"],
+    ["optimize", "--report", "blocker/r.html"],
+    ["viz", "-o", "blocker/g.svg"],
+    ["analyze", "--json", "blocker/g.json"],
+])
+def test_cli_unwritable_output_fails_before_any_work(args: list[str], models_file: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """D10: --out into a bad place failed only after the whole pipeline, with a "RuntimeError:" prefix."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    command, *rest = args
+    code, out, err = _inproc(command, f"{models_file}:marked_mlp", *rest)
+    assert code == 2 and out == "", out
+    assert err.count("\n") == 1 and err.startswith(f"fxopt {command}: error: cannot create the directory of "
+                                                    f"{rest[0]} '{rest[1]}'"), err
+    assert not (tmp_path / "factory-was-called").exists()
+
+
+def test_cli_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """D9: `fxopt list | head` printed a BrokenPipeError traceback."""
+    command = [FXOPT] if FXOPT else [sys.executable, "-m", "fxopt.cli"]
+    proc = subprocess.Popen([*command, "list"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before fxopt writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert err == ""
+
+
+def test_cli_builtin_models_use_their_natural_input_size() -> None:
+    """D5: built-in models were traced at 1x3x64x64 and nothing said so."""
+    from fxopt.models import describe_inputs, resolve
+
+    assert describe_inputs(resolve("torchvision:resnet18").inputs) == "1x3x224x224"
+    assert describe_inputs(resolve("torchvision:inception_v3").inputs) == "1x3x299x299"
+    assert describe_inputs(resolve("timm:mobilevit_s").inputs) == "1x3x256x256"  # timm's config says 256
+    assert describe_inputs(resolve("hf:gpt2").inputs) == "1x16:int64"
+    assert describe_inputs(resolve("torchvision:resnet18", ["2x3x160x160"]).inputs) == "2x3x160x160"
+
+
+def test_cli_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """D8: reStructuredText markup showed raw in --help."""
+    for command in ([], ["analyze"], ["optimize"], ["viz"], ["bench"], ["list"]):
+        assert main([*command, "--help"]) == 0
+        assert "``" not in capsys.readouterr().out

@@ -100,3 +100,31 @@ def test_save_load_round_trip_of_an_exported_graph(tmp_path, suffix: str) -> Non
     assert report(fast).frontend.startswith("export")
     again = load(save(fast, tmp_path / f"m{suffix}"))
     torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_saved_pt2_accepts_any_batch_and_says_so(rig, tmp_path) -> None:
+    """D5: the saved model rejected every batch but the traced one ("Guard failed: x.size()[0] == 1")."""
+    import fxopt
+    from fxopt.serialization import accepted_inputs
+
+    model, x, fast = _fast(rig)
+    path = fxopt.save(fast, tmp_path / "model.pt2")
+    assert accepted_inputs(path) == ["x: Nx3x8x8 float32 (N >= 1)"]
+    again = fxopt.load(path)
+    for batch in (1, 4):
+        xb = torch.randn(batch, 3, 8, 8)
+        torch.testing.assert_close(again(xb), model(xb), rtol=1e-4, atol=1e-5)
+
+
+def test_saved_pt2_with_the_batch_baked_in_keeps_the_example_shape(tmp_path) -> None:
+    from fxopt.serialization import accepted_inputs
+
+    class Flat(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(1, 12) * 2  # the batch of 1 is written into the graph
+
+    x = torch.randn(1, 3, 4)
+    path = save(optimize(Flat(), x, compile=False), tmp_path / "flat.pt2")
+    assert accepted_inputs(path) == ["x: 1x3x4 float32"]
+    assert accepted_inputs(tmp_path / "flat.fx") == [
+        "any shape the graph's code can compute with (the fx format checks no shapes)"]

@@ -99,7 +99,8 @@ class Analysis:
         by_gran: dict[str, int] = defaultdict(int)
         for g in self.groups:
             by_gran[g.granularity] += 1
-        lines.append("granularity: " + ", ".join(f"{k} {v}" for k, v in sorted(by_gran.items())))
+        if by_gran:
+            lines.append("granularity: " + ", ".join(f"{k} {v}" for k, v in sorted(by_gran.items())))
         for b in self.barriers[:10]:
             lines.append(f"  barrier {b.node.name} ({b.op}): {b.reason}. {b.hint}")
         return "\n".join(lines)

@@ -34,14 +34,18 @@ from fxopt.targets.spec import Target
 log = logging.getLogger(__name__)
 
 
+def _cxx_setting() -> Any:
+    from torch._inductor import config
+
+    return config.cpp.cxx
+
+
 def compiler_missing(device: str) -> str | None:
     """Why inductor cannot compile for ``device`` here (no C++ compiler for CPU), or None."""
     if device != "cpu":
         return None
     try:
-        from torch._inductor import config
-
-        cxx = config.cpp.cxx
+        cxx = _cxx_setting()
     except Exception as exc:  # a torch whose config cannot be read (or was left broken) must not fail optimize()
         return f"inductor's C++ compiler setting cannot be read ({type(exc).__name__}: {_first_line(exc)})"
     names = [c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +36,8 @@ class Picture:
         message: why it does not, with how to install Graphviz.
     """
 
-    dot: str
-    graph: VizGraph
+    dot: str = field(repr=False)
+    graph: VizGraph = field(repr=False)
     path: Path | None = None
     rendered: bool = False
     message: str | None = None

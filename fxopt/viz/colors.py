@@ -2,10 +2,11 @@
 
 A colour is a slot in a grid of well separated hues and two lightness levels; the fill is light enough for black
 labels, the edge colour is a darker shade of the same hue. The hash of the id picks a group's first-choice slot.
-Two *neighbouring* groups (sharing a node, or on the two ends of an edge) whose slots look alike would be hard to
-tell apart, so ``assign_colours`` walks the later group (in id order) along its own hash-defined probe sequence to
-the first slot unlike its neighbours'. The result depends only on the set of ids and their adjacency, never on the
-order groups were found in.
+Two groups of one picture must not share a colour (the legend would show two identical swatches), and two
+*neighbouring* groups (sharing a node, or on the two ends of an edge) whose slots merely look alike would be hard to
+tell apart. So ``assign_colours`` walks the later group (in id order) along its own hash-defined probe sequence to
+the first slot no other group holds and unlike its neighbours'; only a picture with more groups than slots reuses
+one. The result depends only on the set of ids and their adjacency, never on the order groups were found in.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _alike(a: int, b: int) -> bool:
 
 
 def assign_colours(ids: Iterable[str], neighbours: Mapping[str, Iterable[str]] | None = None) -> dict[str, Colour]:
-    """Colours for a set of group ids: each id's hash colour unless a neighbour already looks alike.
+    """Colours for a set of group ids: each id's hash colour unless another group holds it or a neighbour looks alike.
 
     Args:
         ids: the group ids.
@@ -73,9 +74,11 @@ def assign_colours(ids: Iterable[str], neighbours: Mapping[str, Iterable[str]] |
     adjacency = {k: set(v) for k, v in (neighbours or {}).items()}
     slots: dict[str, int] = {}
     for key in sorted(set(ids)):
-        taken = [slots[n] for n in adjacency.get(key, ()) if n in slots]
+        near = [slots[n] for n in adjacency.get(key, ()) if n in slots]
+        used = set(slots.values())
         probe = _probe(key)
-        slots[key] = next((s for s in probe if not any(_alike(s, t) for t in taken)), probe[0])
+        apart = [s for s in probe if not any(_alike(s, t) for t in near)]
+        slots[key] = next((s for s in apart if s not in used), next(iter(apart), probe[0]))
     return {k: _slot_colour(s) for k, s in slots.items()}
 
 

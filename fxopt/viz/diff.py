@@ -15,6 +15,7 @@ import torch.fx as fx
 
 from fxopt.analysis.analysis import Analysis
 from fxopt.viz.graph import VizEdge, VizGraph, build_graph
+from fxopt.viz.labels import count_text
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,6 @@ def changes_from_results(results: Iterable[Any], modules: Iterable[fx.GraphModul
             elif name.startswith(SUBSTITUTING) and e.action in ("set_module", "replace"):
                 found[node] = NodeChange("substituted", f"{name}: {e.detail}" if e.detail else name)
     return found
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def _params(gm: fx.GraphModule) -> int | None:
@@ -121,7 +118,7 @@ def build_diff(before: fx.GraphModule, after: fx.GraphModule, analysis: Analysis
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no node changed"
     notes = list(old.notes) + [summary]
     if p0 is not None and p1 is not None and p0:
-        notes.append(f"parameters {_count(p0)} → {_count(p1)} ({p1 / p0:.0%})")
+        notes.append(f"parameters {count_text(p0)} → {count_text(p1)} ({p1 / p0:.0%})")
     graph = VizGraph(title or f"before → after: {old.title}", nodes, edges, clusters, list(old.legend), notes)
     graph.recolour()
     return graph

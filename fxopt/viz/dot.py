@@ -159,8 +159,8 @@ def _graph_label(graph: VizGraph) -> str:
         inner = '<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3">' + "".join(
             _legend_rows(graph)) + "</TABLE>"
         rows.append(f"<TR><TD>{inner}</TD></TR>")
-        rows.append('<TR><TD><FONT POINT-SIZE="10">colour: a hash of the group id; "group ID" is written on the '
-                    "node whose parameters produce the group's channels</FONT></TD></TR>")
+        rows.append('<TR><TD><FONT POINT-SIZE="10">one colour per group, stable across renderings;<BR/>'
+                    '"group ID" is written on the node whose parameters produce its channels</FONT></TD></TR>')
     marks = sorted({m for n in graph.nodes.values() for m in n.marks})
     if marks:
         key = "borders: " + ", ".join(f"{_NAMES[m]} = {m}" for m in marks if m in _NAMES)

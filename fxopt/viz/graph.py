@@ -17,7 +17,7 @@ from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
 from fxopt.ops.view import PARAM_PREFIX, output_refs
 from fxopt.viz.colors import NEUTRAL, Colour, assign_colours, stable_colour
-from fxopt.viz.labels import describe_op, describe_value, module_path
+from fxopt.viz.labels import count_text, describe_op, describe_value, module_path
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def _default_title(gm: fx.GraphModule, analysis: Analysis | None) -> str:
     count = sum(1 for n in gm.graph.nodes if n.op != "get_attr")
     params = sum(p.numel() for p in gm.parameters())  # meta tensors count too: nothing is allocated
     name = type(gm).__name__ if type(gm).__name__ != "GraphModule" else "graph"
-    return f"{name}: {count} nodes, {params / 1e6:.2f}M parameters{front}"
+    return f"{name}: {count} nodes, {count_text(params)} parameters{front}"
 
 
 def _summary_notes(analysis: Analysis | None) -> list[str]:

@@ -23,6 +23,7 @@ import torch.fx as fx
 from fxopt.timing import Measurement
 from fxopt.timing import measure as time_side_by_side
 from fxopt.viz.charts import latency_chart, layer_chart, matplotlib_available
+from fxopt.viz.labels import count_text
 from fxopt.viz.layers import LayerRow, layer_table
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,7 @@ details{margin:4px 0} summary{cursor:pointer;font-size:13px} pre{font-size:12px;
 
 
 def _fmt_num(value: float, unit: str = "") -> str:
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}{suffix}{unit}"
-    return f"{value:.3g}{unit}"
+    return count_text(value) + unit if abs(value) >= 1e3 else f"{value:.3g}{unit}"
 
 
 def _card(label: str, before: float | None, after: float | None, unit: str = "", ratio: float | None = None,

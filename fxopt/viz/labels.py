@@ -15,6 +15,14 @@ _DTYPES = {torch.float32: "", torch.float16: " f16", torch.bfloat16: " bf16", to
 _MAX_TUPLE = 3
 
 
+def count_text(n: float) -> str:
+    """A count for people: ``"11.7M"``, ``"52.3k"``, ``"480"`` (three significant digits past a thousand)."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g}{suffix}"
+    return f"{n:,.0f}" if float(n).is_integer() else f"{n:.3g}"
+
+
 def _pair(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return "×".join(str(x) for x in v) if len(set(v)) > 1 else str(v[0])

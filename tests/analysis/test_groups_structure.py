@@ -263,3 +263,11 @@ def test_channel_graph_links_axes_to_their_classes(rig):
     (cls,) = g.classes
     neighbours = {n[1:] for n in graph.neighbors(("class", cls))}
     assert {("param:a.weight", 0), ("param:a.bias", 0), ("param:b.weight", 1)} <= neighbours
+
+
+def test_summary_of_a_model_without_groups_has_no_empty_granularity_line() -> None:
+    """D11: an empty "granularity:" line for models with no groups."""
+    import fxopt
+
+    summary = fxopt.analyze(torch.nn.Sequential(torch.nn.Linear(4, 4)), (torch.randn(1, 4),)).summary()
+    assert summary.startswith("0 groups") and "granularity" not in summary

@@ -87,3 +87,13 @@ def test_register_target_custom_target_drives_pipeline() -> None:
         passes = pipeline_for(get_target("cpu_nhwc_off"), OptimizeOptions(compile=False))
     assert _names(passes) == ["cleanup", "fuse"]
     assert "cpu_nhwc_off" not in TARGETS.names()
+
+
+def test_describe_explains_slow_dtypes() -> None:
+    """D6: the CPU's bf16 peak showed as "0.00391 TFLOP/s" with no explanation."""
+    import dataclasses
+
+    cpu = dataclasses.replace(get_target("cpu"), slow_dtypes=("bf16",))
+    text = cpu.describe()
+    assert "bf16 " in text and "(no native support: emulated, slower than fp32)" in text
+    assert "fp32 " in text and text.count("emulated") == 1

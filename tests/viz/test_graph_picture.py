@@ -100,7 +100,7 @@ def test_assign_colours_neighbours_with_the_same_hash_slot_get_unlike_colours() 
     first = _probe("g0")[0]
     twin = next(f"g{i}" for i in range(1, 10_000) if _probe(f"g{i}")[0] == first)
     alone = assign_colours(["g0", twin])
-    assert alone["g0"] == alone[twin]  # not neighbours: both keep their hash colour
+    assert alone["g0"] != alone[twin]  # not neighbours, but one picture: no two groups share a colour
     paired = assign_colours(["g0", twin], {"g0": [twin], twin: ["g0"]})
     assert paired["g0"] != paired[twin]
     assert paired[min("g0", twin)] == stable_colour(min("g0", twin))  # the first in id order keeps its own
@@ -222,3 +222,34 @@ def test_visualize_llama_gqa_svg_names_every_group_and_stripes_heads(tmp_path: P
         assert g.id in text
     assert "striped" in picture.dot  # q_proj's output carries heads, repeats and head_dim at once
     assert any("(q_proj)" in n.op for n in picture.graph.nodes.values())
+
+
+def test_assign_colours_gives_every_group_of_a_picture_its_own_colour() -> None:
+    """D2: two groups of resnet18's picture (not neighbours) shared one hash colour in the legend."""
+    ids = [f"layer{i}.conv{j}.weight/0" for i in range(6) for j in range(8)]  # 48 groups, 48 slots
+    colours = assign_colours(ids)
+    assert len({c.fill for c in colours.values()}) == len(ids)
+
+
+def test_visualize_resnet18_legend_has_distinct_colours_and_short_lines() -> None:
+    """D2 and D3: no two legend swatches alike, and no line of the heading so long that it is cut off."""
+    import re
+
+    from fxopt.testing.zoo import get_entry
+
+    entry = get_entry("torchvision:resnet18")
+    picture = visualize(fxopt.analyze(entry.build(), entry.inputs()))
+    fills = [e.colour.fill for e in picture.graph.legend]
+    assert len(fills) == 12 and len(set(fills)) == 12
+    graph_line = next(line for line in picture.dot.splitlines() if line.lstrip().startswith("graph ["))
+    label = graph_line[graph_line.index("label=<") + len("label=<"):]
+    lines = [re.sub(r"<[^>]+>", "", part).strip() for part in re.split(r"<BR/>|</TD>", label)]
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+
+
+def test_picture_repr_is_short_and_small_models_count_plainly(residual: fxopt.Analysis) -> None:
+    """D15: a Picture's repr dumped the DOT source; small models showed "0.00M parameters"."""
+    picture = visualize(residual)
+    assert repr(picture) == "Picture(path=None, rendered=False, message=None)"
+    params = sum(p.numel() for p in residual.gm.parameters())
+    assert f"{params:,} parameters" in picture.graph.title and "0.00M" not in picture.dot
