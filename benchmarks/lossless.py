@@ -1,11 +1,10 @@
 """Lossless speed-ups on this machine: eager vs torch.compile alone vs fxopt.optimize, interleaved in one process.
 
 For each model and batch size the three variants are built once (compilation happens in a warm-up call), then
-timed in rounds: in every round each variant runs ``--iters`` times in a rotating order and contributes the
-median of its runs. A round is noisy when the machine's 1-minute load average exceeds ``--max-load`` or the
-eager runs of the round spread by more than ``--max-spread``; noisy rounds are re-run (up to ``--extra-rounds``)
-and kept in the record with their load. Reported ratios are medians over the clean rounds (all rounds if none is
-clean). The cost model's predicted eager time is recorded beside the measured one.
+timed side by side with fxopt's one timing method (``fxopt.timing.measure``, as ``fxopt bench`` and the HTML
+report): interleaved rounds in a rotating order, the median of each variant's rounds, ratios as medians of
+per-round ratios, and a row marked unreliable when a variant's spread or the machine's load average is too high.
+The cost model's predicted eager time is recorded beside the measured one.
 
 Results are appended as JSON lines to ``--out``; ``--table`` renders every recorded row into a Markdown table.
 
@@ -35,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from fxopt.api import cost, optimize, report
+from fxopt.timing import measure
 
 log = logging.getLogger("benchmarks.lossless")
 
@@ -77,56 +77,19 @@ def build(name: str, batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 
 
-def _time_once(fn: Callable[[], Any], clock: Callable[[], float]) -> float:
-    start = clock()
-    fn()
-    return clock() - start
-
-
-def measure(variants: dict[str, Callable[[], Any]], rounds: int, iters: int, max_load: float, max_spread: float,
-            extra_rounds: int, clock: str = "wall", stat: str = "median") -> list[dict[str, Any]]:
-    """Interleaved rounds; each round records per-variant times (``stat`` of its runs), the load average and
-    whether it was noisy."""
-    reduce = STATS[stat]
-    names = list(variants)
-    records: list[dict[str, Any]] = []
-    clean = 0
-    r = 0
-    while clean < rounds and r < rounds + extra_rounds:
-        load = os.getloadavg()[0]
-        order = names[r % len(names):] + names[: r % len(names)]
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(iters):
-            for n in order:
-                times[n].append(_time_once(variants[n], CLOCKS[clock]))
-        eager = times["eager"]
-        spread = max(eager) / min(eager)
-        noisy = load > max_load or spread > max_spread
-        records.append({"round": r, "load1": round(load, 2), "eager_spread": round(spread, 3), "noisy": noisy,
-                        **{f"{n}_ms": reduce(times[n]) * 1e3 for n in names},
-                        **{f"{n}_runs_ms": [round(t * 1e3, 3) for t in times[n]] for n in names}})
-        clean += not noisy
-        log.info("round %d load %.2f spread %.2f %s %s", r, load, spread, "NOISY" if noisy else "clean",
-                 {n: round(reduce(times[n]) * 1e3, 2) for n in names})
-        r += 1
-    return records
-
-
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median per-variant times and per-round ratios over the clean rounds (all rounds if none is clean)."""
-    used = [rec for rec in records if not rec["noisy"]] or records
-    out: dict[str, Any] = {"rounds_used": len(used), "rounds_noisy": sum(rec["noisy"] for rec in records),
-                           "clean": any(not rec["noisy"] for rec in records)}
-    for n in ("eager", "compile", "fxopt"):
-        out[f"{n}_ms"] = statistics.median(rec[f"{n}_ms"] for rec in used)
-    out["fxopt_vs_eager"] = statistics.median(rec["fxopt_ms"] / rec["eager_ms"] for rec in used)
-    out["compile_vs_eager"] = statistics.median(rec["compile_ms"] / rec["eager_ms"] for rec in used)
-    out["fxopt_vs_compile"] = statistics.median(rec["fxopt_ms"] / rec["compile_ms"] for rec in used)
-    out["load_median"] = statistics.median(rec["load1"] for rec in records)
-    return out
+def timed(variants: dict[str, Callable[[], Any]], rounds: int, clock: str = "wall") -> dict[str, Any]:
+    """The variants timed side by side (``fxopt.timing.measure``): medians, per-round ratios, load, warnings."""
+    m = measure(variants, (), rounds=rounds, clock=CLOCKS[clock])
+    for w in m.warnings:
+        log.warning("%s", w)
+    return {**{f"{t.label}_ms": t.median_ms for t in m.timings},
+            **{f"{t.label}_spread": round(t.spread, 4) for t in m.timings},
+            "fxopt_vs_eager": m.ratio("eager", "fxopt"), "compile_vs_eager": m.ratio("eager", "compile"),
+            "fxopt_vs_compile": m.ratio("compile", "fxopt"), "load_median": m.load or 0.0,
+            "rounds_used": m.rounds, "clean": m.reliable, "warnings": list(m.warnings), "method": m.method(),
+            "rounds": {t.label: [round(x, 4) for x in t.rounds_ms] for t in m.timings}}
 
 
 def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -152,15 +115,11 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
         return call
 
     variants = {"eager": run(model), "compile": run(compiled), "fxopt": run(fast)}
-    for fn in variants.values():
-        fn()
-    records = measure(variants, args.rounds, args.iters, args.max_load, args.max_spread, args.extra_rounds,
-                      args.clock, args.stat)
     row = {"model": name, "batch": batch, "threads": torch.get_num_threads(), "clock": args.clock,
-           "stat": args.stat, "predicted_eager_ms": predicted_ms,
+           "stat": "median", "predicted_eager_ms": predicted_ms,
            "predicted_fxopt_graph_ms": rep.after.predicted_s * 1e3, "compile_s": compile_s,
            "optimize_s": optimize_s, "lowered": rep.lowered, "pipeline": rep.pipeline, "load_start": load_start,
-           "rounds": records, **summarize(records)}
+           **timed(variants, args.rounds, args.clock)}
     log.info("%s b%d: fxopt/eager %.3f compile/eager %.3f fxopt/compile %.3f (load %.2f)", name, batch,
              row["fxopt_vs_eager"], row["compile_vs_eager"], row["fxopt_vs_compile"], row["load_median"])
     return row
@@ -212,9 +171,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         f"Measurement: {'; '.join(setups)}.", "",
         "Eager, `torch.compile(model)` alone and `fxopt.optimize(model, x, target=\"cpu\")` (cleanup, fuse, "
         "channels_last, inductor with freezing) are timed interleaved in one process; each cell is the median "
-        "over clean rounds (rounds re-run when the 1-minute load average or the eager spread was too high). "
-        "Ratios are medians of per-round ratios. `load` is the median 1-minute load average during the "
-        "rounds (2 cores; other jobs ran on the machine).", "",
+        "over rounds, and ratios are medians of per-round ratios. `load` is the 1-minute load average during the "
+        "rounds (2 cores; other jobs ran on the machine). A row marked \"none clean\" was flagged unreliable "
+        "(rows measured before fxopt.timing: no round was clean).", "",
         "| model | batch | eager ms | compile ms | fxopt ms | fxopt/eager | compile/eager | fxopt/compile | "
         "predicted eager ms | load | clean rounds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -256,15 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(VISION + TEXT))
     p.add_argument("--batches", default="1,8")
     p.add_argument("--text-batches", default="1", help="batch sizes for BERT/GPT-2 (sequence 128)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--extra-rounds", type=int, default=4)
-    p.add_argument("--max-load", type=float, default=float(os.cpu_count() or 2) + 0.5)
-    p.add_argument("--max-spread", type=float, default=1.3)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or process CPU time (robust to other load when --threads 1)")
-    p.add_argument("--stat", choices=sorted(STATS), default="median", help="per-round statistic of the runs")
     p.add_argument("--out", default="benchmarks/results/lossless.jsonl")
     p.add_argument("--table", default=None, help="write the Markdown table of all recorded rows here")
     p.add_argument("--table-only", action="store_true", help="render --table from --out without measuring")

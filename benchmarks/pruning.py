@@ -26,7 +26,6 @@ import copy
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fxopt.timing import measure
 
 RATIOS = (0.3, 0.5)
 LATENCY_MODELS = ("resnet50", "convnext_tiny", "mobilenet_v3_large", "vit_b_16", "llama")
@@ -172,20 +173,13 @@ def fx_optimize(model: torch.nn.Module, inputs: Sequence[Any], ratio: float, com
 # --------------------------------------------------------------------------- timing
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn each round (noise hits all alike)."""
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for fn in fns.values():  # warm up (compiled modules compile here)
-            fn()
-            fn()
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                t = time.perf_counter()
-                for _ in range(inner):
-                    fn()
-                samples[k].append((time.perf_counter() - t) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed side by side with fxopt's one timing method
+    (``fxopt.timing.measure``: interleaved rounds, medians; its warnings go to stderr)."""
+    m = measure(fns, (), rounds=rounds)
+    for w in m.warnings:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+    return {t.label: t.median_ms / 1e3 for t in m.timings}
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:

@@ -107,7 +107,7 @@ def _trace_fx(model: torch.nn.Module) -> fx.GraphModule:
 def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
     program = torch.export.export(model, inputs, strict=False)
     gm = program.module()
-    _inline_grad_mode_regions(gm)
+    _inline_regions(gm)
     _drop_export_guards(gm)
     return gm
 
@@ -128,27 +128,44 @@ def _drop_export_guards(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
-def _inline_grad_mode_regions(gm: fx.GraphModule) -> None:
-    """Inline ``no_grad`` regions that touch no trainable parameter (rotary tables, masks).
+def _inlinable_region(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.GraphModule, tuple[Any, ...]] | None:
+    """The submodule and operands of an export region call that can be inlined without changing the model.
 
-    Export keeps ``with torch.no_grad():`` blocks as ``wrap_with_set_grad_enabled`` calls of a submodule. When
-    the block reads only buffers and inputs, inlining it changes no gradient and lets the channel rules see
-    through it; blocks that read parameters stay as they are.
+    * ``wrap_with_set_grad_enabled`` (a ``with torch.no_grad():`` block): when the block reads only buffers and
+      inputs (rotary tables, masks), inlining changes no gradient.
+    * ``wrap_with_autocast`` with autocast *disabled* (timm's fp32 attention islands): export already wrote the
+      region's casts into it, so inlined it computes the same in the model's own dtype. (Run the captured graph
+      under an outer ``torch.autocast`` and those ops would autocast too; fxopt's graphs run in their own dtype.)
+
+    Regions that enable autocast, or no_grad blocks that read trainable parameters, stay as they are (barriers).
     """
-    from torch._higher_order_ops.wrap import wrap_with_set_grad_enabled
+    from torch._higher_order_ops.wrap import wrap_with_autocast, wrap_with_set_grad_enabled
 
+    if node.op != "call_function":
+        return None
+    if node.target is wrap_with_set_grad_enabled:
+        sub_arg, operands = node.args[1], node.args[2:]
+    elif node.target is wrap_with_autocast and node.args[2] is False:
+        sub_arg, operands = node.args[4], node.args[5:]
+    else:
+        return None
+    sub = getattr(gm, str(sub_arg.target), None) if isinstance(sub_arg, fx.Node) else None
+    if not isinstance(sub, fx.GraphModule) or any(n.op == "get_attr" for n in sub.graph.nodes):
+        return None
+    if any(isinstance(o, fx.Node) and o.op == "get_attr" and _is_param(gm, str(o.target))
+           and gm.get_parameter(str(o.target)).requires_grad for o in operands):
+        return None
+    return sub, tuple(operands)
+
+
+def _inline_regions(gm: fx.GraphModule) -> None:
+    """Inline the region calls export leaves (``_inlinable_region``) so the channel rules see through them."""
     changed = False
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not wrap_with_set_grad_enabled:
+        region = _inlinable_region(gm, node)
+        if region is None:
             continue
-        sub = getattr(gm, str(node.args[1].target), None) if isinstance(node.args[1], fx.Node) else None
-        operands = node.args[2:]
-        if not isinstance(sub, fx.GraphModule) or any(n.op == "get_attr" for n in sub.graph.nodes):
-            continue
-        if any(isinstance(o, fx.Node) and o.op == "get_attr" and isinstance(
-                gm.get_parameter(str(o.target)) if _is_param(gm, str(o.target)) else None, torch.nn.Parameter)
-               and gm.get_parameter(str(o.target)).requires_grad for o in operands):
-            continue
+        sub, operands = region
         env: dict[fx.Node, object] = {}
         placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
         for ph, value in zip(placeholders, operands):

@@ -163,3 +163,32 @@ def test_trace_fx_keeps_a_custom_autograd_backward():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     torch.testing.assert_close(loaded(x.detach()), x.detach() ** 2, rtol=0, atol=0)
+
+
+class _AutocastIsland(nn.Module):
+    """timm's efficientvit: attention computed in fp32 inside ``torch.autocast(enabled=False)``."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.enabled = nn.Linear(4, 8), nn.Linear(8, 2), enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.enabled):
+            h = torch.relu(h.float()) * 2
+        return self.b(h.float())
+
+
+def test_export_autocast_off_region_is_inlined_and_its_channels_prune(rig):
+    model, x = _AutocastIsland(enabled=False), torch.randn(3, 4)
+    analysis = rig.analyze(model, x, frontend="export")
+    assert analysis.barriers == []
+    assert rig.members(rig.group(analysis, "a.weight/0")) == {("a.weight", 0, "p"), ("a.bias", 0, "p"),
+                                                              ("b.weight", 1, "c")}
+    assert all(e == 0 for e in rig.errors(analysis).values())
+    torch.testing.assert_close(analysis.gm(x), model(x))
+
+
+def test_export_autocast_on_region_stays_a_barrier(rig):
+    analysis = rig.analyze(_AutocastIsland(enabled=True), torch.randn(3, 4), frontend="export")
+    assert [b.node.target.__name__ for b in analysis.barriers] == ["wrap_with_autocast"]
