@@ -109,7 +109,20 @@ def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphMo
     gm = program.module()
     _inline_regions(gm)
     _drop_export_guards(gm)
+    _drop_dropped_results(gm)
     return gm
+
+
+def _drop_dropped_results(gm: fx.GraphModule) -> None:
+    """Erase pure calls whose results nobody reads (MHA's head-averaged attention weights, when the model drops
+    them): they would otherwise count as readers of channels. Parameter reads stay for the cleanup pass."""
+    changed = False
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op == "call_function" and not node.users and not node.is_impure():
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 def _drop_export_guards(gm: fx.GraphModule) -> None:

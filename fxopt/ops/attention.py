@@ -47,7 +47,9 @@ def couple_batch(out: TensorRef, a: TensorRef, b: TensorRef, facts: Facts, out_b
 def matmul_rule(view: OpView, facts: Facts) -> None:
     """a @ b: batch dims broadcast, a's last dim contracts with b's second-to-last (exact sink).
 
-    Between two activations of 4 or more dims, dim -3 is tagged as heads and the contracted dim as head_dim.
+    Between two activations of 3 or more dims, dim -3 is tagged as heads and the contracted dim as head_dim: in
+    4-d attention dim -3 is the heads, in 3-d attention (``nn.MultiheadAttention`` when it returns the weights,
+    ``(batch x heads, tokens, head_dim)`` operands) the heads are a factor of it.
     """
     a, b = view.inputs
     out = view.out
@@ -61,7 +63,7 @@ def matmul_rule(view: OpView, facts: Facts) -> None:
     facts.same(out.axis(-1), b.axis(-1))
     facts.zero(out.axis(-1), "any", [b.axis(-1)])
     couple_batch(out, a, b, facts, out.ndim - 2)
-    if _activation_product((a, b)):  # hand-written attention (Swin, XCiT)
+    if _activation_product((a, b), min_ndim=3):  # hand-written attention (Swin, XCiT, MHA's weights path)
         facts.tag(out.axis(-3), "head")
         facts.tag(a.axis(-1), "head_dim")
 
@@ -116,9 +118,9 @@ def einsum_rule(view: OpView, facts: Facts) -> None:
                 facts.tag(axes[0], "head_dim")
 
 
-def _activation_product(inputs: tuple[TensorRef | None, ...]) -> bool:
-    """Two activations of 4 or more dims: (batch, heads, tokens, head_dim) operands of attention."""
-    return len(inputs) == 2 and all(t is not None and t.ndim >= 4 and not t.key.startswith(PARAM_PREFIX)
+def _activation_product(inputs: tuple[TensorRef | None, ...], min_ndim: int = 4) -> bool:
+    """Two activations of ``min_ndim`` or more dims: the (batch, heads, tokens, head_dim) operands of attention."""
+    return len(inputs) == 2 and all(t is not None and t.ndim >= min_ndim and not t.key.startswith(PARAM_PREFIX)
                                     for t in inputs)
 
 

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fxopt
+
 
 class Heads(nn.Module):
     """Separate q/k/v projections to ``heads`` x ``dim`` (``kv_heads`` for k and v) and an output projection."""
@@ -228,6 +230,41 @@ def test_multihead_attention_module_is_decomposed_by_export_and_prunable(rig):
     assert rig.shapes(small)["m.in_proj_weight"] == (12, 8)
 
 
+class _MhaBlock(nn.Module):
+    """An attention block as users write it: residual and LayerNorm around nn.MultiheadAttention."""
+
+    def __init__(self, batch_first: bool, need_weights: bool, kdim: int | None) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.kv = nn.Linear(16, kdim) if kdim else nn.Identity()
+        self.norm, self.fc, self.need_weights = nn.LayerNorm(16), nn.Linear(16, 16), need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.kv(x)
+        y, _ = self.attn(x, kv, kv, need_weights=self.need_weights)
+        return self.fc(self.norm(x + y))
+
+
+@pytest.mark.parametrize("kdim", [None, 12], ids=["packed", "separate"])
+@pytest.mark.parametrize("need_weights", [True, False], ids=["weights", "no-weights"])
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "seq-first"])
+def test_multihead_attention_prunes_heads_and_head_dim_in_every_form(rig, batch_first, need_weights, kdim):
+    """Issue 15: batch_first=False with need_weights=True pruned nothing (its unused head-averaged weights made the
+    head group approximate, and its 3-d bmm path tagged no heads)."""
+    a = rig.analyze(_MhaBlock(batch_first, need_weights, kdim), torch.randn(5, 2, 16))
+    by_granularity = {g.granularity: g for g in a.groups}
+    heads, head_dim = by_granularity["head"], by_granularity["head_dim"]
+    assert (heads.size, head_dim.size) == (4, 4) and heads.exact and head_dim.exact
+    assert all(e < 1e-5 for e in rig.errors(a).values())
+    small = rig.prune(a, {heads: [0, 2], head_dim: [1]})
+    weights = rig.shapes(small)
+    if kdim is None:
+        assert weights["attn.in_proj_weight"] == (3 * 2 * 3, 16)
+    else:
+        assert weights["attn.q_proj_weight"] == (6, 16) and weights["attn.k_proj_weight"] == (6, 12)
+    assert weights["attn.out_proj.weight"] == (16, 6)
+
+
 def test_multihead_attention_module_with_fx_frontend_is_a_frozen_barrier(rig):
     class Net(nn.Module):
         def __init__(self):
@@ -287,3 +324,11 @@ def test_einsum_with_ellipsis_is_a_barrier(rig):
     a = rig.analyze(Net(), torch.randn(2, 5, 8), frontend="fx")
     assert a.groups == []
     assert [b.reason for b in a.barriers] == ["einsum with ellipsis or implicit output"]
+
+
+def test_multihead_attention_default_form_prunes_half_its_heads_through_prune(rig):
+    model, x = rig.randomize(_MhaBlock(batch_first=False, need_weights=True, kdim=None)), torch.randn(5, 2, 16)
+    small, report = fxopt.prune(model, (x,), ratio=0.5)
+    assert [d.granularity for d in report.pruned] == ["head"]
+    assert rig.shapes(small)["attn.in_proj_weight"] == (24, 16)
+    assert small(x).shape == model(x).shape
