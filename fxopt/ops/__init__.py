@@ -12,6 +12,7 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     linear,
     norm,
     pooling,
+    recurrent,
     reduction,
     shape,
 )

@@ -342,8 +342,11 @@ def _getitem_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     src, idx = node.args[0], node.args[1]
     if isinstance(src, fx.Node) and isinstance(src.meta.get("val"), (tuple, list)) and isinstance(idx, int):
         refs = {r.key: r for r in output_refs(src)}
-        inner = refs.get(f"{src.name}#{idx % len(src.meta['val'])}")
-        return OpView(node, "tuple_item", (inner,), {}, {"index": idx}, output_refs(node))
+        key = f"{src.name}#{idx % len(src.meta['val'])}"
+        if isinstance(node.meta.get("val"), (tuple, list)):  # a nested tuple: its elements, in order
+            inner = tuple(refs.get(f"{key}.{j}") for j in range(len(node.meta["val"])))
+            return OpView(node, "tuple_item", inner, {}, {"index": idx}, output_refs(node))
+        return OpView(node, "tuple_item", (refs.get(key),), {}, {"index": idx}, output_refs(node))
     return OpView(node, kind, (ref_of(src),), {}, {"index": idx}, output_refs(node))
 
 
@@ -352,15 +355,15 @@ register("getitem", [operator.getitem], _getitem_form)
 
 @REGISTRY.rule("tuple_item")
 def tuple_item_rule(view: OpView, facts: Facts) -> None:
-    """Element of a multi-output op: the same tensor."""
-    x = view.inputs[0]
+    """Element of a multi-output op: the same tensor (or, for a nested tuple, the same tensors in order)."""
     if not view.outputs:
         return
-    if x is None:
+    if any(x is None for x in view.inputs) or len(view.inputs) != len(view.outputs):
         facts.barrier(view, f"{view.node.name} takes an element the analysis cannot see", "")
         return
-    for a, b in zip(x.axes(), view.out.axes()):
-        facts.transfer(b, a)
+    for x, out in zip(view.inputs, view.outputs):
+        for a, b in zip(x.axes(), out.axes()):
+            facts.transfer(b, a)
 
 
 def expand_index(index: Any, ndim: int) -> list[Any] | None:
@@ -677,6 +680,13 @@ def factory_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-d
         new = [resizer.new_size(out.axis(d)) if isinstance(s, int) else s for d, s in enumerate(sizes[0])]
         if list(new) != list(sizes[0]):
             view.node.args = (new, *view.node.args[1:])
+            resizer.touched(view.node)
+    elif view.node.op != "call_method" and len(view.node.args) == out.ndim and _name(view.node) != "full":
+        # torch.zeros(d0, d1, ...): the sizes as separate arguments
+        new_args = tuple(resizer.new_size(out.axis(d)) if isinstance(s, int) else s
+                         for d, s in enumerate(view.node.args))
+        if new_args != tuple(view.node.args):
+            view.node.args = new_args
             resizer.touched(view.node)
     elif view.node.op == "call_method" and len(sizes) == out.ndim:
         rewrite_sizes(view, resizer, out)

@@ -114,6 +114,9 @@ def output_refs(node: fx.Node) -> tuple[TensorRef, ...]:
             s = shape_of(v)
             if s is not None:
                 refs.append(TensorRef(f"{node.name}#{i}", s, node))
+            elif isinstance(v, (tuple, list)):  # one level of nesting: an LSTM's (output, (h_n, c_n))
+                refs += [TensorRef(f"{node.name}#{i}.{j}", sj, node) for j, sj in enumerate(map(shape_of, v))
+                         if sj is not None]
         return tuple(refs)
     return ()
 

@@ -1,0 +1,116 @@
+"""Recurrent layers: ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` as leaf modules.
+
+The hidden size is one group for the whole module (every layer and direction shares ``hidden_size``). Its members:
+the rows of each gate block of every ``weight_ih``/``weight_hh``/bias (``gates x hidden``, gate outer), the
+columns of every ``weight_hh`` (the recurrence) and of the next layers' ``weight_ih`` (``directions x hidden``),
+the module's output features (``directions x hidden``) and the last dim of ``h_n``/``c_n``.
+
+Why removal is exact: with every row of hidden unit ``j`` zero, its gate pre-activations are zero, so an RNN gives
+``tanh(0) = 0``, a GRU ``h = z * h_prev`` with ``z = 1/2``, and an LSTM ``c = c_prev / 2``, ``h = tanh(c) / 2``:
+unit ``j`` stays zero when it starts at zero. So the initial state must be zero there: states the module makes
+itself (none passed) or that the model creates with ``zeros`` take part in the group; any other initial state
+reaches the unit's zero status as an activation (a graph input freezes the group). ``proj_size`` (an LSTM whose
+hidden state is projected) is a barrier.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+import torch.nn as nn
+
+from fxopt.analysis.facts import Facts
+from fxopt.ops.registry import REGISTRY
+from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, param_ref, ref_of
+
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+"""Gate blocks stacked in the rows of each weight, by ``RNNBase.mode``."""
+
+ZERO_FACTORIES = ("zeros", "new_zeros", "zeros_like")
+
+
+def _rnn_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    path = str(node.target)
+    mod = gm.get_submodule(path)
+    hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    states = tuple(ref_of(h) for h in (hx if isinstance(hx, (tuple, list)) else (hx,))) if hx is not None else ()
+    params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
+    attrs = {"mode": mod.mode, "hidden_size": mod.hidden_size, "num_layers": mod.num_layers,
+             "directions": 2 if mod.bidirectional else 1, "proj_size": getattr(mod, "proj_size", 0),
+             "states_given": hx is not None}
+    return OpView(node, kind, (ref_of(node.args[0]), *states), params, attrs, output_refs(node), mod)
+
+
+REGISTRY.register_ops("rnn", [nn.RNN, nn.LSTM, nn.GRU], _rnn_form)
+
+
+def _is_zeros(state: TensorRef) -> bool:
+    node = state.node
+    return node is not None and node.op in ("call_function", "call_method") and (
+        getattr(node.target, "__name__", str(node.target)).split(".")[0] in ZERO_FACTORIES)
+
+
+@REGISTRY.rule("rnn")
+def rnn_rule(view: OpView, facts: Facts) -> None:
+    """RNN/LSTM/GRU: the hidden size is one group over gate blocks, layers, directions, outputs and states."""
+    name = view.node.name
+    if view.attrs["proj_size"]:
+        facts.barrier(view, "an LSTM with proj_size projects its hidden state", "use proj_size=0 to prune it")
+        return
+    x, *states = view.inputs
+    if x is None or (view.attrs["states_given"] and any(s is None for s in states)) or not view.outputs:
+        facts.barrier(view, f"{name}'s inputs are not plain tensors (a PackedSequence?)", "pass padded tensors")
+        return
+    hidden = Axis(f"{name}:hidden", 0, view.attrs["hidden_size"])
+    gates = Axis(f"{name}:gates", 0, GATES[view.attrs["mode"]])
+    dirs = Axis(f"{name}:directions", 0, view.attrs["directions"])
+    facts.freeze(gates, f"gate blocks of {name}")
+    facts.freeze(dirs, f"directions of {name}")
+    producers: list[Axis | None] = []
+    for layer in range(view.attrs["num_layers"]):
+        for direction in range(view.attrs["directions"]):
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            w_ih, w_hh = view.params[f"weight_ih{suffix}"], view.params[f"weight_hh{suffix}"]
+            assert w_ih is not None and w_hh is not None
+            rows = [w_ih.axis(0), w_hh.axis(0)] + [b.axis(0) for b in (view.params.get(f"bias_ih{suffix}"),
+                                                                         view.params.get(f"bias_hh{suffix}"))
+                                                    if b is not None]
+            for r in rows:
+                facts.product([r], [gates, hidden])
+            producers += rows
+            facts.same(w_hh.axis(1), hidden)
+            if layer == 0:
+                facts.same(x.axis(-1), w_ih.axis(1))
+            else:
+                facts.product([w_ih.axis(1)], [dirs, hidden])
+    facts.sink(x.axis(-1), True, f"{name} sums over its input features")
+    for s in states:
+        assert s is not None
+        facts.same(s.axis(-1), hidden)
+        facts.freeze(s.axis(0), f"layers x directions of {name}'s state")
+        if s.ndim == 3:
+            facts.same(s.axis(1), x.axis(0 if _batch_first(view) else 1))
+    producers += [s.axis(-1) for s in states if not _is_zeros(s)]
+    out, *finals = view.outputs
+    for d in range(x.ndim - 1):
+        facts.transfer(out.axis(d), x.axis(d))
+    facts.product([out.axis(-1)], [dirs, hidden])
+    facts.zero(out.axis(-1), "all", producers)
+    for f in finals:
+        facts.same(f.axis(-1), hidden)
+        facts.freeze(f.axis(0), f"layers x directions of {name}'s final state")
+        if f.ndim == 3:
+            facts.same(f.axis(1), x.axis(0 if _batch_first(view) else 1))
+        facts.zero(f.axis(-1), "all", producers)
+
+
+def _batch_first(view: OpView) -> bool:
+    return bool(getattr(view.module, "batch_first", False))
+
+
+@REGISTRY.rewriter("rnn")
+def rnn_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+    """Keep ``hidden_size`` and ``input_size`` in step with the sliced weights."""
+    m = view.module
+    if m is not None:
+        m.hidden_size = m.weight_hh_l0.shape[1]
+        m.input_size = m.weight_ih_l0.shape[1]
