@@ -13,6 +13,7 @@ import torch.fx as fx
 
 from fxopt.analysis.cost import CostTable, graph_cost
 from fxopt.errors import FxoptError
+from fxopt.module_state import reset_state
 from fxopt.passes.base import Pass, PassContext, PassResult
 from fxopt.passes.lower import device_mismatch, device_of
 from fxopt.passes.manager import PassManager
@@ -43,8 +44,12 @@ def model_stats(gm: fx.GraphModule, inputs: Sequence[Any], target: Target) -> Mo
                       predicted_s=table.time(), nodes=len(gm.graph.nodes))
 
 
-def _warnings(model: torch.nn.Module, results: Sequence[PassResult], device_note: str | None) -> list[str]:
+def _warnings(model: torch.nn.Module, results: Sequence[PassResult], device_note: str | None,
+              gm: fx.GraphModule) -> list[str]:
     out = [f"lowering skipped: {device_note}"] if device_note else []
+    info = gm.meta.get("fxopt", {}).get("trace")
+    out += [f"the model keeps {name} between calls and changes its shape: the optimized model does not keep it "
+            "(store state the graph can carry: a tensor of fixed shape)" for name in getattr(info, "dropped_state", ())]
     if model.training:
         out.append("the model is in training mode: batch norms and dropout were kept; call model.eval() first "
                    "for inference")
@@ -102,6 +107,7 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
     ctx = PassContext(example_inputs=inputs, target=tgt, calibration=calibration, verbose=verbose,
                       options={"prune": prune, "substitute": substitute, "precision": precision})
     run = PassManager(pipeline, checked=checked).run(gm, inputs, ctx)
+    resized_state = reset_state(gm)  # state the model keeps between calls starts where the original's was
     lowering = [r for r in run.results if "lowered" in r.metrics]
     info = gm.meta.get("fxopt", {}).get("trace")
     reason = str(getattr(info, "fallback_reason", None) or "").removeprefix("fx: ")
@@ -111,7 +117,9 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         pipeline=format_pipeline(pipeline), frontend=frontend, before=before, after=model_stats(gm, inputs, tgt),
         results=tuple(run.results), lowered=ctx.lowered is not None,
         lowering_note=lowering[-1].notes[0] if lowering and lowering[-1].notes else None,
-        warnings=tuple(_warnings(model, run.results, device_note)),
+        warnings=tuple(_warnings(model, run.results, device_note, gm))
+        + tuple(f"state {name} was resized by pruning: it starts from its value when it was sliced, not from the "
+                "original model's" for name in resized_state),
     )
     meta = gm.meta.setdefault("fxopt", {})
     meta["report"] = report_data

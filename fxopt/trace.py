@@ -26,6 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fxopt.errors import TraceError
+from fxopt.module_state import StateError, check_state_shapes, restore, tensor_attributes, thread_state
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,13 @@ Frontend = Literal["auto", "fx", "export"]
 
 @dataclass(frozen=True)
 class TraceInfo:
-    """How a graph was captured: the front-end used and, for ``auto``, why the first choice failed."""
+    """How a graph was captured: the front-end used, for ``auto`` why the first choice failed, and the state the
+    model keeps between calls that the graph does not (``dropped_state``: attributes ``forward`` reassigns with
+    tensors of another shape)."""
 
     frontend: str
     fallback_reason: str | None = None
+    dropped_state: tuple[str, ...] = ()
 
 
 _AUTOGRAD_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
@@ -99,9 +103,15 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 def _trace_fx(model: torch.nn.Module) -> fx.GraphModule:
     tracer = LeafTracer()
-    graph = tracer.trace(model)
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    before = tensor_attributes(model)
+    try:
+        graph = tracer.trace(model)
+    finally:
+        writes = restore(model, before)  # the user's module keeps its own values, never a proxy
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if writes:
+        thread_state(gm, writes, before)
+    return gm
 
 
 def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
@@ -282,12 +292,15 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "aut
         raise TraceError(f"unknown frontend {frontend!r}: use 'auto', 'fx' or 'export'")
     inputs = _as_tuple(example_inputs)
     failures: list[str] = []
+    dropped: tuple[str, ...] = ()
     if frontend in ("auto", "fx"):
         try:
             gm = _trace_fx(model)
             propagate_shapes(gm, _flat_inputs(gm, inputs))
+            check_state_shapes(gm)
         except Exception as exc:  # symbolic tracing fails in many ways; all of them mean "try export"
             failures.append(f"fx: {type(exc).__name__}: {_first_line(exc)}")
+            dropped = (exc.attribute,) if isinstance(exc, StateError) else ()
             log.debug("symbolic tracing failed", exc_info=True)
             if frontend == "fx":
                 raise TraceError(
@@ -295,7 +308,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "aut
                     "try frontend='export' or 'auto'"
                 ) from exc
         else:
-            gm.meta["fxopt"] = {"trace": TraceInfo("fx")}
+            gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx")
             return gm
     try:
         gm = _trace_export(model, inputs)
@@ -307,7 +320,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "aut
             + ". Check that the example inputs match forward()'s signature; data-dependent control flow "
             "needs torch.cond or a leaf module."
         ) from exc
-    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None)}
+    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped)}
     return gm
 
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.fx as fx
 
+from fxopt.module_state import state_buffers
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.targets.spec import Target
 
@@ -147,6 +148,9 @@ class LowerPass(Pass):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         options = self.inductor_options() if self.backend == "inductor" else {}
+        stateful = state_buffers(gm)
+        if stateful and options.get("freezing"):
+            options["freezing"] = False  # freezing would fold the state buffers the graph writes as constants
         start = time.perf_counter()
         try:
             # Compilation is lazy: the config must be patched while the warm-up call compiles. (Passing these
@@ -161,10 +165,12 @@ class LowerPass(Pass):
             return self._fallback(f"{type(exc).__name__}: {_first_line(exc)}")
         ctx.lowered = compiled
         seconds = time.perf_counter() - start
-        note = f"compiled with {self.backend}" + (f" ({', '.join(k for k, v in options.items() if v is True)})"
-                                                   if options else "")
+        enabled = [k for k, v in options.items() if v is True]
+        note = f"compiled with {self.backend}" + (f" ({', '.join(enabled)})" if enabled else "")
         if not (self.warmup and ctx.example_inputs):
             note += "; not warmed up: compiles on first call, without the recipe's options"
+        if stateful and self.freezing:
+            note += f"; without freezing: the graph writes its state ({', '.join(stateful)})"
         return PassResult(str(self), changed=False, metrics={"lowered": True, "compile_s": seconds},
                           notes=(note,))
 
