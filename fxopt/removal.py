@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -68,11 +68,25 @@ class Resizer:
         set_call_arg(view.node, name, value, view.attrs.get("_argnames", ()))
         self.touched(view.node)
 
+    def set_args(self, node: fx.Node, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None,
+                 target: Any = None) -> None:
+        """Replace ``node``'s arguments (and keyword arguments or target, when given)."""
+        node.args = args
+        if kwargs is not None:
+            node.kwargs = dict(kwargs)
+        if target is not None:
+            node.target = target
+        self.touched(node)
+
+    def set_module_attr(self, view: OpView, attr: str, value: Any) -> None:
+        """Set a plain attribute of the module ``view`` calls."""
+        setattr(view.module, attr, value)
+
     def touched(self, node: fx.Node) -> None:
         """Record that ``node``'s arguments were rewritten."""
         self.edited.append(node.name)
 
-    def fail(self, node: fx.Node, why: str) -> None:
+    def fail(self, node: fx.Node, why: str) -> NoReturn:
         """Stop: ``node`` cannot be rewritten."""
         raise PruneError(f"cannot rewrite {node.name}: {why}")
 

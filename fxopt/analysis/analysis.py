@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from fxopt.analysis.facts import Barrier, Facts
 from fxopt.analysis.groups import AxisIndex, FrozenGroup, Group, Member, ZeroPropagation, build_units
 from fxopt.analysis.parts import ElementLink, resolve_parts
+from fxopt.ops.facts import Barrier, Facts
 from fxopt.ops.registry import REGISTRY, OpRegistry
 from fxopt.ops.view import PARAM_PREFIX, Axis, output_refs
 from fxopt.trace import Frontend, apply_autograd_function, trace
