@@ -25,21 +25,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 import torch.fx as fx
 
+from fxopt.editor import Edit
 from fxopt.errors import PassError
 
 if TYPE_CHECKING:
     from fxopt.targets.spec import Target
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One change a pass made: what was done, to which node or tensor, and a short detail."""
-
-    action: str
-    target: str
-    detail: str = ""
 
 
 @dataclass(frozen=True)
