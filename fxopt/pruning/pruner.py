@@ -94,33 +94,21 @@ def remove_robustly(editor: GraphEditor, analysis: Analysis, removals: dict[Grou
     return {}, failed, None
 
 
-def unshare(pruned: torch.nn.Module, original: torch.nn.Module) -> int:
-    """Give ``pruned`` its own copy of every tensor it still shares with ``original`` (ties inside it kept).
+def unshare(editor: GraphEditor, original: torch.nn.Module) -> int:
+    """Give ``editor.gm`` its own copy of every tensor it still shares with ``original`` (ties inside it kept).
 
     Removal shares unchanged tensors to save memory; a pruned model that users fine-tune must not write into the
     model they started from. Returns the number of tensors copied.
     """
     theirs = {id(t) for t in [*original.parameters(), *original.buffers()]}
-    copies: dict[int, torch.Tensor] = {}
-    named = [*pruned.named_parameters(remove_duplicate=False), *pruned.named_buffers(remove_duplicate=False)]
+    gm = editor.gm
+    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    copied: set[int] = set()
     for name, t in named:
-        if id(t) not in theirs:
-            continue
-        new = copies.get(id(t))
-        if new is None:
-            data = t.detach().clone()
-            new = torch.nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) \
-                else data
-            copies[id(t)] = new
-        owner_path, _, leaf = name.rpartition(".")
-        owner = pruned.get_submodule(owner_path) if owner_path else pruned
-        if isinstance(new, torch.nn.Parameter):
-            owner._parameters[leaf] = new
-        elif leaf in owner._buffers:
-            owner._buffers[leaf] = new
-        else:
-            setattr(owner, leaf, new)
-    return len(copies)
+        if id(t) in theirs and id(t) not in copied:
+            copied.add(id(t))
+            editor.set_tensor(name, t.detach().clone(), "own copy")
+    return len(copied)
 
 
 def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config: PruneConfig | None = None, *,
@@ -160,9 +148,10 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
     analysis = model if isinstance(model, Analysis) else analyze(model, example_inputs)
     types = module_types(None if isinstance(model, Analysis) else model)
     gm = copy_sharing_tensors(analysis.gm)
-    report, pruned = prune_graph(GraphEditor(gm), analysis, config, calibration=calibration, loss_fn=loss_fn,
+    editor = GraphEditor(gm)
+    report, pruned = prune_graph(editor, analysis, config, calibration=calibration, loss_fn=loss_fn,
                                  target=target, criterion=criterion, types=types)
-    unshare(gm, analysis.gm)
+    unshare(editor, analysis.gm)
     meta = dict(gm.meta.get("fxopt", {}))
     if pruned is not None:
         meta["pruned"] = pruned
