@@ -147,9 +147,9 @@ class GraphEditor:
         """Every qualified name holding the same tensor object as ``qualname`` (itself first)."""
         if self._aliases is None:
             table: dict[int, list[str]] = {}
-            for name, t in list(self.gm.named_parameters(remove_duplicate=False)) + list(
+            for name, stored in list(self.gm.named_parameters(remove_duplicate=False)) + list(
                     self.gm.named_buffers(remove_duplicate=False)):
-                table.setdefault(id(t), []).append(name)
+                table.setdefault(id(stored), []).append(name)
             self._aliases = table
         t = self.tensor(qualname)
         names = self._aliases.get(id(t), [qualname]) if t is not None else [qualname]

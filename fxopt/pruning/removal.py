@@ -34,7 +34,8 @@ from fxopt.trace import propagate_shapes
 
 log = logging.getLogger(__name__)
 
-Removals = Mapping[Group | str, Sequence[int]]
+Removals = Mapping[Group, Sequence[int]] | Mapping[str, Sequence[int]] | Mapping[Group | str, Sequence[int]]
+"""Unit indices to remove, per group or group id."""
 _MISSING = object()
 
 
@@ -107,15 +108,14 @@ def removal_masks(analysis: Analysis, removals: Removals) -> dict[int, np.ndarra
     known = {id(g) for g in analysis.groups}
     for key, units in removals.items():
         try:
-            group = analysis.group(key) if isinstance(key, str) else key
+            group: Group | str = analysis.group(key) if isinstance(key, str) else key
         except KeyError:
             group = key
-        if id(group) not in known:
+        if not isinstance(group, Group) or id(group) not in known:
             frozen = next((f for f in analysis.frozen if f.id == getattr(group, "id", key)), None)
             if frozen is not None:
                 raise PruneError(f"group {frozen.id} is frozen at {frozen.node}: {frozen.reason}")
             raise PruneError(f"{key!r} is not a group of this analysis")
-        assert isinstance(group, Group)
         idx = np.asarray(sorted({int(u) for u in units}), dtype=np.int64)
         if idx.size == 0:
             continue
