@@ -336,7 +336,7 @@ def coverage_one(name: str) -> dict[str, Any]:
         bad = [f"{c.group}: {c.error or f'{c.relative:.1e}'}" for c in checks if not c.passed or c.error]
         row["zero_invariance"] = f"{len(checks) - len(bad)}/{len(checks)}"
         row["zero_invariance_failures"] = bad[:3]
-        from fxopt.testing.equivalence import compare, tensors_of
+        from fxopt.equivalence import compare, tensors_of
 
         row["save_format"], loaded = save_load(small, analysis.example_inputs)
         with torch.no_grad():

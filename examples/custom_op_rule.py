@@ -15,8 +15,7 @@ import torch.fx
 from torch import nn
 
 import fxopt
-from fxopt.analysis.facts import Facts
-from fxopt.ops import REGISTRY, OpRegistry, OpView
+from fxopt.ops import REGISTRY, Facts, OpRegistry, OpView
 from fxopt.ops.forms import function_form
 from fxopt.testing import check_zero_invariance
 from fxopt.testing.zero_invariance import pick_units

@@ -15,8 +15,7 @@ from fxopt.api import cost, measure, optimize, report
 from fxopt.analysis.groups import FrozenGroup, Group, Member
 from fxopt.errors import AnalysisError, FxoptError, PruneError, TraceError
 from fxopt.passes import Pass, PassManager, PassResult, register_pass
-from fxopt.pruning import prune, remove_zero_groups
-from fxopt.removal import prune_groups
+from fxopt.pruning import prune, prune_groups, remove_zero_groups
 from fxopt.serialization import load, save
 from fxopt.trace import trace
 from fxopt.viz import visualize

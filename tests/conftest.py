@@ -21,7 +21,7 @@ import torch.nn as nn
 
 import fxopt
 from fxopt.testing import assert_equivalent, check_zero_invariance
-from fxopt.testing.equivalence import run
+from fxopt.equivalence import run
 from fxopt.testing.zero_invariance import zero_producers
 
 

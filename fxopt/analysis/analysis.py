@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from fxopt.analysis.facts import Barrier, Facts
 from fxopt.analysis.groups import AxisIndex, FrozenGroup, Group, Member, ZeroPropagation, build_units
 from fxopt.analysis.parts import ElementLink, resolve_parts
+from fxopt.ops.facts import Barrier, Facts
 from fxopt.ops.registry import REGISTRY, OpRegistry
 from fxopt.ops.view import PARAM_PREFIX, Axis, output_refs
 from fxopt.trace import Frontend, apply_autograd_function, trace
@@ -53,6 +53,48 @@ class Analysis:
             if g.id == group_id:
                 return g
         raise KeyError(f"no group {group_id!r}; groups include {[g.id for g in self.groups[:5]]}")
+
+    def dims_of(self, axis: Axis | tuple[str, int]) -> tuple[int, ...]:
+        """The atomic dims (channel classes) a tensor axis is made of, row-major; empty for unknown or size-1 axes.
+
+        ``axis`` is an Axis or ``(key, dim)``, the key a node name or ``"param:" + qualname``.
+        """
+        return self.axes.of(axis)
+
+    def size_of(self, dim: int) -> int:
+        """The number of elements of atomic dim ``dim``."""
+        return int(self.facts.table.size[dim])
+
+    def axis(self, key: str, dim: int) -> Axis | None:
+        """Axis ``dim`` of tensor ``key`` with the size the rules saw, or ``None`` when no rule mentioned it."""
+        size = self.facts.sizes.get((key, dim))
+        return None if size is None else Axis(key, dim, size)
+
+    def groups_of(self, axis: Axis | tuple[str, int]) -> tuple[Group, ...]:
+        """The groups whose units live on a tensor axis, in ``groups`` order (a layer-first handle).
+
+        Example:
+            >>> analysis.groups_of(("param:fc1.weight", 0))  # the groups fc1's output channels belong to
+        """
+        dims = set(self.dims_of(axis))
+        return tuple(g for g in self.groups if not dims.isdisjoint(g.classes))
+
+    def unit_indices(self, group: Group, key: str, dim: int) -> np.ndarray | None:
+        """Indices along axis ``dim`` of tensor ``key`` owned by each unit of ``group``: a ``(size, k)`` array.
+
+        Works for activations (``key`` is the node name) and parameters (``"param:" + qualname``). Returns ``None``
+        when the axis does not carry the group's channels. Same layout as ``unit_slices`` (row-major over the
+        axis' atomic dims), computed with broadcasting instead of a loop over units.
+        """
+        dims = self.dims_of((key, dim))
+        if not dims or not any(d in group.index for d in dims):
+            return None
+        idx = np.zeros((group.size, 1), dtype=np.int64)
+        for d in dims:
+            size = self.size_of(d)
+            sel = group.index[d] if d in group.index else np.broadcast_to(np.arange(size), (group.size, size))
+            idx = (idx[:, :, None] * size + sel[:, None, :]).reshape(group.size, -1)
+        return idx
 
     def unit_slices(self, group: Group) -> dict[Member, np.ndarray]:
         """For each member of ``group``, a ``(group.size, k)`` array: the indices along ``member.dim`` of each unit.

@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sympy
 import torch
@@ -27,10 +27,44 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import OpView
 
-if TYPE_CHECKING:
-    from fxopt.targets.spec import Target
-
 log = logging.getLogger(__name__)
+
+DTYPE_NAMES = {"float64": "fp64", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "int8": "int8",
+               "qint8": "int8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8"}
+"""torch dtype names to the short names cost rows and targets use."""
+
+
+class Roofline(Protocol):
+    """What the cost model reads of a hardware target (an ``fxopt.targets.Target`` is one)."""
+
+    @property
+    def name(self) -> str:
+        """The target's name."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """The torch device type models run on for this target (``"cpu"``, ``"cuda"``)."""
+        ...
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """Main-memory bandwidth in bytes/s."""
+        ...
+
+    @property
+    def op_overhead_s(self) -> float:
+        """Fixed cost per op in seconds."""
+        ...
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        """Peak FLOP/s for a dtype short name."""
+        ...
+
+    def efficiency_of(self, category: str) -> float:
+        """Achievable fraction of peak compute for an op category."""
+        ...
+
 
 B, S = sympy.symbols("B S", positive=True, integer=True)
 VIEW_KINDS = frozenset({"reshape", "permute", "expand", "getitem", "slice", "select", "size_read", "split"})
@@ -90,7 +124,7 @@ class CostTable:
     rows: tuple[NodeCost, ...]
     bindings: Mapping[str, int] = field(default_factory=dict)
     symbolic: bool = True
-    target: Target | None = None
+    target: Roofline | None = None
 
     def total_flops(self) -> sympy.Expr:
         """Total FLOPs as an expression."""
@@ -112,7 +146,7 @@ class CostTable:
         """Total bytes at the example sizes, overridden by ``values``."""
         return float(self.total_bytes().xreplace(self._subs(values)))
 
-    def node_times(self, target: Target | None = None, **values: int) -> list[float]:
+    def node_times(self, target: Roofline | None = None, **values: int) -> list[float]:
         """Roofline time of each row on ``target`` (the table's target by default), in seconds."""
         target = target or self.target
         if target is None:
@@ -128,11 +162,11 @@ class CostTable:
             times.append(max(compute, b / target.memory_bandwidth) + target.op_overhead_s)
         return times
 
-    def time(self, target: Target | None = None, **values: int) -> float:
+    def time(self, target: Roofline | None = None, **values: int) -> float:
         """Predicted time of one forward pass on ``target``, in seconds."""
         return math.fsum(self.node_times(target, **values))
 
-    def to_text(self, top: int = 15, target: Target | None = None) -> str:
+    def to_text(self, top: int = 15, target: Roofline | None = None) -> str:
         """A table of the ``top`` most expensive nodes and the totals."""
         target = target or self.target
         subs = self._subs({})
@@ -220,8 +254,6 @@ def _tensors(value: Any) -> list[Any]:
 
 
 def _short_dtype(value: Any) -> str:
-    from fxopt.targets.spec import DTYPE_NAMES
-
     ts = _tensors(value)
     return DTYPE_NAMES.get(str(ts[0].dtype).replace("torch.", ""), "fp32") if ts else "fp32"
 
@@ -359,7 +391,7 @@ def _depends_on_inputs(gm: fx.GraphModule) -> set[fx.Node]:
     return dep
 
 
-def graph_cost(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), target: Target | None = None,
+def graph_cost(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), target: Roofline | None = None,
                symbolic: bool = True) -> CostTable:
     """The cost table of a traced graph module (``node.meta["val"]`` filled).
 

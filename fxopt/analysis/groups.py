@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch.fx as fx
 
-from fxopt.analysis.facts import Facts, Sink, ZeroRule
 from fxopt.analysis.parts import ElementLink
+from fxopt.ops.facts import Facts, Sink, ZeroRule
 from fxopt.ops.view import PARAM_PREFIX, Axis
 
 

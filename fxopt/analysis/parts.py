@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fxopt.analysis.dims import DimTable
-from fxopt.analysis.facts import Facts, Part
+from fxopt.ops.dims import DimTable
+from fxopt.ops.facts import Facts, Part
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Op semantics: OpView normalization and channel rules, one module per op family.
+"""Op semantics: OpView normalization, the facts channel rules state, and the rewriters that resize ops.
 
 Importing this package registers fxopt's rules in ``REGISTRY``.
 """
@@ -16,7 +16,9 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     reduction,
     shape,
 )
+from fxopt.ops.facts import Facts
 from fxopt.ops.registry import REGISTRY, OpRegistry
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import Axis, OpView, TensorRef
 
-__all__ = ["REGISTRY", "Axis", "OpRegistry", "OpView", "TensorRef"]
+__all__ = ["REGISTRY", "Axis", "Facts", "OpRegistry", "OpView", "Resizer", "TensorRef"]

@@ -15,9 +15,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, function_form, methods, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import PARAM_PREFIX, Axis, OpView, TensorRef, output_refs, param_ref, ref_of
 
 
@@ -182,13 +183,12 @@ def sdpa_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("sdpa")
-def sdpa_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def sdpa_rewrite(view: OpView, resizer: Resizer) -> None:
     """Pin the softmax scale to the original 1/sqrt(head_dim) when head_dim shrinks."""
     q = view.inputs[0]
     assert q is not None
     if view.attrs.get("scale") is None and resizer.changed(q.axis(-1)):
-        view.node.kwargs = {**view.node.kwargs, "scale": q.shape[-1] ** -0.5}
-        resizer.touched(view.node)
+        resizer.set_args(view.node, view.node.args, {**view.node.kwargs, "scale": q.shape[-1] ** -0.5})
 
 
 def _mha_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, methods, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import OpView, output_refs, ref_of
 
 
@@ -109,7 +110,7 @@ def split_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("split")
-def split_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def split_rewrite(view: OpView, resizer: Resizer) -> None:
     """Rewrite split/chunk into a split with the parts' new sizes when any part changed."""
     x = view.inputs[0]
     assert x is not None
@@ -121,13 +122,9 @@ def split_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def
     sizes = [resizer.new_size(out.axis(dim)) for out in view.outputs]
     node = view.node
     if node.op == "call_method":
-        node.target = "split"
-        node.args = (node.args[0], sizes, dim)
+        target: object = "split"
     elif isinstance(node.target, torch._ops.OpOverload):
-        node.target = torch.ops.aten.split_with_sizes.default
-        node.args = (node.args[0], sizes, dim)
+        target = torch.ops.aten.split_with_sizes.default
     else:
-        node.target = torch.split
-        node.args = (node.args[0], sizes, dim)
-    node.kwargs = {}
-    resizer.touched(node)
+        target = torch.split
+    resizer.set_args(node, (node.args[0], sizes, dim), {}, target=target)

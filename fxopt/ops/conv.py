@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, module_form, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import Axis, OpView
 
 CONV_MODULES = [nn.Conv1d, nn.Conv2d, nn.Conv3d]
@@ -97,7 +98,7 @@ def conv_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("conv")
-def conv_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def conv_rewrite(view: OpView, resizer: Resizer) -> None:
     """Update channel counts and groups of a conv module or functional call after slicing."""
     groups = int(view.attrs.get("groups", 1) or 1)
     new_groups = resizer.new_size(groups_axis(view, groups)) if groups > 1 else 1
@@ -105,8 +106,8 @@ def conv_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
     if m is not None:
         w = m.weight
         transposed = view.attrs["transposed"]
-        m.groups = new_groups
-        m.in_channels = w.shape[0] if transposed else w.shape[1] * new_groups
-        m.out_channels = w.shape[1] * new_groups if transposed else w.shape[0]
+        resizer.set_module_attr(view, "groups", new_groups)
+        resizer.set_module_attr(view, "in_channels", w.shape[0] if transposed else w.shape[1] * new_groups)
+        resizer.set_module_attr(view, "out_channels", w.shape[1] * new_groups if transposed else w.shape[0])
     elif new_groups != groups:
         resizer.set_arg(view, "groups", new_groups)

@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts, ZeroMode
+from fxopt.ops.facts import Facts, ZeroMode
 from fxopt.ops.forms import aten_ops, bind, function_form, methods, module_form, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, ref_of
 
 try:  # torchvision is optional; its stochastic_depth is an fx-wrapped leaf function
@@ -262,7 +263,7 @@ def prelu_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("prelu")
-def prelu_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def prelu_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``num_parameters`` in step with the sliced slope."""
     if view.module is not None and view.module.weight.shape[0] > 1:
-        view.module.num_parameters = view.module.weight.shape[0]
+        resizer.set_module_attr(view, "num_parameters", view.module.weight.shape[0])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import OpView, output_refs, param_ref, ref_of
 
 
@@ -39,7 +40,7 @@ def embedding_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("embedding")
-def embedding_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def embedding_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``embedding_dim`` in step with the sliced table."""
     if view.module is not None:
-        view.module.embedding_dim = view.module.weight.shape[1]
+        resizer.set_module_attr(view, "embedding_dim", view.module.weight.shape[1])

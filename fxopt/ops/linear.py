@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, module_form, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import OpView
 
 register("linear", [nn.Linear, nn.LazyLinear], module_form())
@@ -33,10 +34,12 @@ def linear_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("linear")
-def linear_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def linear_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``in_features``/``out_features`` in step with the sliced weight."""
     if view.module is not None:
-        view.module.out_features, view.module.in_features = view.module.weight.shape
+        out_features, in_features = view.module.weight.shape
+        resizer.set_module_attr(view, "out_features", out_features)
+        resizer.set_module_attr(view, "in_features", in_features)
 
 
 def _addmm_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]

@@ -13,9 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, int_list, module_form, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import Axis, OpView
 
 BN_MODULES = [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm]
@@ -58,13 +59,12 @@ def batch_norm_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("batch_norm", "instance_norm")
-def batch_norm_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def batch_norm_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``num_features`` in step with the sliced parameters."""
-    m = view.module
-    if m is not None:
+    if view.module is not None:
         x = view.inputs[0]
         assert x is not None
-        m.num_features = resizer.new_size(x.axis(1) if x.ndim > 1 else x.axis(0))
+        resizer.set_module_attr(view, "num_features", resizer.new_size(x.axis(1) if x.ndim > 1 else x.axis(0)))
 
 
 def _ln_attrs(m: nn.Module) -> dict[str, Any]:
@@ -109,14 +109,14 @@ def layer_norm_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("layer_norm", "rms_norm")
-def layer_norm_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def layer_norm_rewrite(view: OpView, resizer: Resizer) -> None:
     """Rewrite ``normalized_shape`` from the new sizes of the normalized dims."""
     x = view.inputs[0]
     assert x is not None
     k = len(int_list(view.attrs.get("normalized_shape")))
     new = [resizer.new_size(x.axis(d)) for d in range(x.ndim - k, x.ndim)]
     if view.module is not None:
-        view.module.normalized_shape = tuple(new)
+        resizer.set_module_attr(view, "normalized_shape", tuple(new))
     elif new != int_list(view.attrs.get("normalized_shape")):
         resizer.set_arg(view, "normalized_shape", new)
 
@@ -163,12 +163,13 @@ def group_norm_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("group_norm")
-def group_norm_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def group_norm_rewrite(view: OpView, resizer: Resizer) -> None:
     """Rewrite ``num_groups``/``num_channels`` from the new sizes."""
     groups = int(view.attrs["num_groups"])
     new_groups = resizer.new_size(gn_groups_axis(view, groups))
     if view.module is not None:
-        view.module.num_groups = new_groups
-        view.module.num_channels = view.module.weight.shape[0] if view.module.weight is not None else None
+        weight = view.module.weight
+        resizer.set_module_attr(view, "num_groups", new_groups)
+        resizer.set_module_attr(view, "num_channels", weight.shape[0] if weight is not None else None)
     elif new_groups != groups:
         resizer.set_arg(view, "num_groups", new_groups)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, module_form, register
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import Axis, OpView, output_refs, ref_of

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch.fx as fx
 import torch.nn as nn
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, param_ref, ref_of
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -108,9 +109,10 @@ def _batch_first(view: OpView) -> bool:
 
 
 @REGISTRY.rewriter("rnn")
-def rnn_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def rnn_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``hidden_size`` and ``input_size`` in step with the sliced weights."""
-    m = view.module
-    if m is not None:
-        m.hidden_size = m.weight_hh_l0.shape[1]
-        m.input_size = m.weight_ih_l0.shape[1]
+    hidden = Axis(f"{view.node.name}:hidden", 0, view.attrs["hidden_size"])
+    resizer.set_module_attr(view, "hidden_size", resizer.new_size(hidden))
+    w_ih = view.params["weight_ih_l0"]
+    assert w_ih is not None
+    resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))

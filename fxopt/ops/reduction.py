@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxopt.analysis.facts import Facts
-from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
 from fxopt.ops.elementwise import binary_form
+from fxopt.ops.facts import Facts
+from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import OpView, output_refs, ref_of
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
 
-from fxopt.ops.view import OpView, output_refs
-
-if TYPE_CHECKING:
-    from fxopt.analysis.facts import Facts
-    from fxopt.removal import Resizer
+from fxopt.ops.facts import Facts
+from fxopt.ops.resize import Resizer
+from fxopt.ops.view import OpView, output_refs, ref_of
 
 Normalizer = Callable[[fx.Node, fx.GraphModule, str], OpView]
-ChannelRule = Callable[[OpView, "Facts"], None]
-Rewriter = Callable[[OpView, "Resizer"], None]
+ChannelRule = Callable[[OpView, Facts], None]
+Rewriter = Callable[[OpView, Resizer], None]
 
 
 @dataclass(frozen=True)
@@ -107,8 +105,6 @@ def _op_key(op: Any) -> Any:
 
 def unknown_view(node: fx.Node) -> OpView:
     """OpView for an op without a registered rule: every tensor argument is an input."""
-    from fxopt.ops.view import ref_of
-
     flat = [a for a in node.all_input_nodes]
     inputs = tuple(r for r in (ref_of(a) for a in flat) if r is not None)
     return OpView(node, "unknown", inputs, outputs=output_refs(node))

@@ -16,9 +16,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxopt.analysis.facts import Facts
+from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
 from fxopt.ops.registry import REGISTRY
+from fxopt.ops.resize import Resizer
 from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, ref_of
 
 UNBOUNDED = 2**62
@@ -97,7 +98,7 @@ def _size_args(node: fx.Node) -> tuple[list[Any], bool]:
     return rest, True
 
 
-def reads_changed_size(value: Any, resizer, depth: int = 0) -> bool:  # type: ignore[no-untyped-def]
+def reads_changed_size(value: Any, resizer: Resizer, depth: int = 0) -> bool:
     """Whether a run-time size expression (``C // heads`` from ``x.shape``) reads a dim that pruning changes."""
     if not isinstance(value, fx.Node) or depth > 32:
         return False
@@ -121,7 +122,7 @@ def _is_whole_shape_read(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target == "size" and len(node.args) == 1 and not node.kwargs
 
 
-def rewrite_sizes(view: OpView, resizer, out: TensorRef) -> None:  # type: ignore[no-untyped-def]
+def rewrite_sizes(view: OpView, resizer: Resizer, out: TensorRef) -> None:
     """Replace the size entries of changed output dims by their new sizes (``-1`` entries are left alone)."""
     node = view.node
     sizes, varargs = _size_args(node)
@@ -139,16 +140,15 @@ def rewrite_sizes(view: OpView, resizer, out: TensorRef) -> None:  # type: ignor
         return
     if "size" in node.kwargs or "shape" in node.kwargs:
         key = "size" if "size" in node.kwargs else "shape"
-        node.kwargs = {**node.kwargs, key: new}
+        resizer.set_args(node, node.args, {**node.kwargs, key: new})
     elif varargs:
-        node.args = (node.args[0], *new)
+        resizer.set_args(node, (node.args[0], *new))
     else:
-        node.args = (node.args[0], new, *node.args[2:])
-    resizer.touched(node)
+        resizer.set_args(node, (node.args[0], new, *node.args[2:]))
 
 
 @REGISTRY.rewriter("reshape")
-def reshape_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def reshape_rewrite(view: OpView, resizer: Resizer) -> None:
     """view/reshape: put new sizes in the target shape; flatten/squeeze need nothing; unflatten's sizes."""
     name = _name(view.node)
     if name in ("view", "reshape", "_unsafe_view", "view_copy"):
@@ -161,14 +161,12 @@ def reshape_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-d
         sizes = list(b["sizes"])
         new = [resizer.new_size(out.axis(dim + k)) if s != -1 else -1 for k, s in enumerate(sizes)]
         if new != sizes:
-            view.node.args = (view.node.args[0], dim, new)
-            view.node.kwargs = {}
-            resizer.touched(view.node)
+            resizer.set_args(view.node, (view.node.args[0], dim, new), {})
     elif isinstance(view.module, nn.Unflatten):
         out = view.out
         dim = view.module.dim % out.ndim
-        view.module.unflattened_size = tuple(resizer.new_size(out.axis(dim + k))
-                                             for k in range(len(view.module.unflattened_size)))
+        resizer.set_module_attr(view, "unflattened_size", tuple(resizer.new_size(out.axis(dim + k))
+                                                               for k in range(len(view.module.unflattened_size))))
 
 
 def _name(node: fx.Node) -> str:
@@ -255,7 +253,7 @@ def expand_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("expand")
-def expand_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def expand_rewrite(view: OpView, resizer: Resizer) -> None:
     """expand: new sizes for changed dims."""
     if _name(view.node) in ("expand", "broadcast_to", "expand_copy"):
         rewrite_sizes(view, resizer, view.out)
@@ -312,7 +310,7 @@ def repeat_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("repeat")
-def repeat_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def repeat_rewrite(view: OpView, resizer: Resizer) -> None:
     """Put the new number of copies into repeat_interleave / repeat when the copies factor shrank."""
     x, out = view.inputs[0], view.out
     assert x is not None
@@ -332,9 +330,7 @@ def repeat_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-de
             copies = Axis(f"{node.name}:copies{d}", 0, out.shape[d] // x.shape[xd])
             new[d] = resizer.new_size(copies)
     if new != reps:
-        node.args = (node.args[0], new)
-        node.kwargs = {}
-        resizer.touched(node)
+        resizer.set_args(node, (node.args[0], new), {})
 
 
 # ---------------------------------------------------------------- getitem / slicing / select / index
@@ -444,14 +440,14 @@ def getitem_rule(view: OpView, facts: Facts) -> None:
         j += 1
 
 
-def new_bounds(resizer, axis: Axis, start: int, stop: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def new_bounds(resizer: Resizer, axis: Axis, start: int, stop: int) -> tuple[int, int]:
     """Slice bounds after pruning: count kept elements before each bound."""
     kept = resizer.kept(axis)
     return int((kept < start).sum()), int((kept < stop).sum())
 
 
 @REGISTRY.rewriter("getitem")
-def getitem_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def getitem_rewrite(view: OpView, resizer: Resizer) -> None:
     """Shift slice bounds over removed elements; the index is rewritten in expanded form (no Ellipsis)."""
     x = view.inputs[0]
     if x is None:
@@ -473,8 +469,7 @@ def getitem_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-d
                 changed = True
         d += 1
     if changed:
-        view.node.args = (view.node.args[0], tuple(new_items))
-        resizer.touched(view.node)
+        resizer.set_args(view.node, (view.node.args[0], tuple(new_items)))
 
 
 def _slice_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
@@ -515,7 +510,7 @@ def slice_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("slice")
-def slice_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def slice_rewrite(view: OpView, resizer: Resizer) -> None:
     """Shift the bounds of a slice/narrow over removed elements."""
     x = view.inputs[0]
     assert x is not None
@@ -531,9 +526,7 @@ def slice_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def
         args = [args[0], dim, a, b - a]
     else:
         args = [args[0], dim, a, b] + ([view.attrs["step"]] if view.attrs["step"] != 1 else [])
-    view.node.args = tuple(args)
-    view.node.kwargs = {}
-    resizer.touched(view.node)
+    resizer.set_args(view.node, tuple(args), {})
 
 
 def _select_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
@@ -670,7 +663,7 @@ def factory_rule(view: OpView, facts: Facts) -> None:
 
 
 @REGISTRY.rewriter("factory")
-def factory_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-def]
+def factory_rewrite(view: OpView, resizer: Resizer) -> None:
     """Factories given an explicit size list get the new sizes of changed dims."""
     if not view.outputs or _name(view.node) in POSITIONAL:
         return
@@ -679,15 +672,13 @@ def factory_rewrite(view: OpView, resizer) -> None:  # type: ignore[no-untyped-d
     if view.node.op != "call_method" and len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
         new = [resizer.new_size(out.axis(d)) if isinstance(s, int) else s for d, s in enumerate(sizes[0])]
         if list(new) != list(sizes[0]):
-            view.node.args = (new, *view.node.args[1:])
-            resizer.touched(view.node)
+            resizer.set_args(view.node, (new, *view.node.args[1:]))
     elif view.node.op != "call_method" and len(view.node.args) == out.ndim and _name(view.node) != "full":
         # torch.zeros(d0, d1, ...): the sizes as separate arguments
         new_args = tuple(resizer.new_size(out.axis(d)) if isinstance(s, int) else s
                          for d, s in enumerate(view.node.args))
         if new_args != tuple(view.node.args):
-            view.node.args = new_args
-            resizer.touched(view.node)
+            resizer.set_args(view.node, new_args)
     elif view.node.op == "call_method" and len(sizes) == out.ndim:
         rewrite_sizes(view, resizer, out)
 

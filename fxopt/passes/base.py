@@ -20,26 +20,16 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.fx as fx
 
+from fxopt.analysis.cost import Roofline
+from fxopt.editor import Edit
 from fxopt.errors import PassError
 
-if TYPE_CHECKING:
-    from fxopt.targets.spec import Target
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One change a pass made: what was done, to which node or tensor, and a short detail."""
-
-    action: str
-    target: str
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,7 +126,7 @@ class PassContext:
 
     Attributes:
         example_inputs: real inputs (or meta tensors) for shape propagation and checks.
-        target: the hardware target, when the pipeline was built for one.
+        target: the hardware target (an ``fxopt.targets.Target``), when the pipeline was built for one.
         calibration: optional calibration data (an iterable of input tuples) for data-aware passes.
         options: free-form options of the caller (``optimize()`` puts its arguments here).
         verbose: let compilers print their progress (autotuning, recompilation notices); off by default.
@@ -146,7 +136,7 @@ class PassContext:
     """
 
     example_inputs: tuple[Any, ...] = ()
-    target: Target | None = None
+    target: Roofline | None = None
     calibration: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 import torch
 import torch.fx as fx
 
+from fxopt.analysis.cost import Roofline
 from fxopt.module_state import state_buffers
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
-from fxopt.targets.spec import Target
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def compiler_missing(device: str) -> str | None:
     return None
 
 
-def device_mismatch(target: Target | None, device: str) -> str | None:
+def device_mismatch(target: Roofline | None, device: str) -> str | None:
     """Why a model on ``device`` must not be compiled with ``target``'s recipe, or None when they agree."""
     if target is None or target.device == device:
         return None

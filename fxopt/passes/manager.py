@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxopt.equivalence import compare
 from fxopt.errors import PassError
 from fxopt.passes.base import PASSES, Pass, PassContext, PassRegistry, PassResult
 from fxopt.passes.spec import format_pipeline, parse_pipeline
@@ -181,8 +182,6 @@ class PassManager:
                previous: tuple[str, ...], code_before: str) -> tuple[list[torch.Tensor], float]:
         outputs = outputs_of(ctx.module(gm), ctx.example_inputs)
         if not p.lossless:
-            from fxopt.testing.equivalence import compare
-
             return outputs, compare(reference, outputs).max_abs
         try:
             diff = check_outputs(reference, outputs)

@@ -5,9 +5,9 @@
 those of ``fxopt.pruning.PruneConfig``; data-aware criteria and reconstruction read calibration batches from
 ``ctx.calibration`` (and a ``loss_fn`` from ``ctx.options`` for the Taylor criterion).
 
-The pass computes the pruned module with ``fxopt.pruning.prune`` and then applies the differences to the graph
-module it was given, through the GraphEditor: every resized tensor, every changed module attribute and every
-rewritten node argument is a logged edit.
+The pass prunes the graph module it was given in place with ``fxopt.pruning.prune_graph``, the same editor-based
+removal ``fxopt.pruning.prune`` runs on a copy: every resized tensor, every changed module attribute and every
+rewritten node argument is an edit of the pass's GraphEditor.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import fx
 
 from fxopt.analysis.analysis import analyze_graph
@@ -25,7 +24,7 @@ from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.verify import shape_inputs
 from fxopt.pruning.config import DEFAULT_GRANULARITY, PruneConfig
-from fxopt.pruning.pruner import prune
+from fxopt.pruning.pruner import prune_graph
 from fxopt.pruning.report import PruneReport
 
 Ratio = float | tuple[tuple[str, float], ...] | None
@@ -94,9 +93,8 @@ class PrunePass(Pass):
         """Prune ``gm`` in place; the result carries the PruneReport's figures and each skipped group's reason."""
         editor = GraphEditor(gm, ctx, str(self))
         analysis = analyze_graph(gm, shape_inputs(gm, ctx.example_inputs))
-        pruned, report = prune(analysis, config=self.config(), calibration=ctx.calibration,
-                               loss_fn=ctx.options.get("loss_fn"), target=ctx.target)
-        apply_pruned(editor, pruned)
+        report, _ = prune_graph(editor, analysis, self.config(), calibration=ctx.calibration,
+                                loss_fn=ctx.options.get("loss_fn"), target=ctx.target)
         for d in report.decisions:
             if d.status not in ("pruned", "unchanged"):
                 editor.skip(f"prune:{d.status}", d.group, d.reason)
@@ -115,73 +113,3 @@ def report_metrics(report: PruneReport) -> dict[str, Any]:
         "groups_failed": len(report.failed),
         "ignored": {k: list(v) for k, v in report.ignored.items()},
     }
-
-
-def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
-    return dict(named)
-
-
-def _plain_attrs(module: torch.nn.Module) -> dict[str, Any]:
-    return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and isinstance(v, (int, float, bool, tuple, str)) and k != "training"}
-
-
-def apply_pruned(editor: GraphEditor, pruned: fx.GraphModule) -> None:
-    """Make ``editor.gm`` equal to ``pruned`` (a pruned copy of it) with logged edits.
-
-    Tensors that changed are replaced (tied tensors stay tied), module attributes that changed are set, nodes
-    the copy added (get_attr of a new bias) are inserted, and node arguments that changed are rewritten.
-    """
-    gm = editor.gm
-    old, new = _tensors(gm), _tensors(pruned)
-    placed: dict[int, str] = {}
-    for name, value in new.items():
-        before = old.get(name)
-        if before is not None and before.shape == value.shape and torch.equal(before, value):
-            continue
-        first = placed.get(id(value))
-        if first is None:
-            editor.set_tensor(name, value.detach().clone(), f"shape {tuple(value.shape)}")
-            placed[id(value)] = name
-        else:  # an alias of a tensor already placed: point it at the same object to keep the tie
-            shared = editor.tensor(first)
-            owner_path, _, leaf = name.rpartition(".")
-            owner = gm.get_submodule(owner_path) if owner_path else gm
-            setattr(owner, leaf, shared)
-            editor.record("tie", name, f"same tensor as {first}")
-    for path, module in pruned.named_modules():
-        if not path:
-            continue
-        try:
-            target = gm.get_submodule(path)
-        except AttributeError:
-            continue
-        mine = _plain_attrs(target)
-        for attr, value in _plain_attrs(module).items():
-            if attr in mine and mine[attr] != value:
-                editor.set_module_attr(path, attr, value)
-    _apply_nodes(editor, pruned)
-
-
-def _apply_nodes(editor: GraphEditor, pruned: fx.GraphModule) -> None:
-    gm = editor.gm
-    by_name = {n.name: n for n in gm.graph.nodes}
-    new_nodes = list(pruned.graph.nodes)
-    for i, n in enumerate(new_nodes):
-        if n.name in by_name:
-            continue
-        if n.op != "get_attr":
-            raise RuntimeError(f"pruning added a {n.op} node {n.name}; only get_attr nodes can be transplanted")
-        follower = next(m for m in new_nodes[i + 1:] if m.name in by_name)
-        by_name[n.name] = editor.get_attr(str(n.target), before=by_name[follower.name])
-
-    def local(a: Any) -> Any:
-        return fx.node.map_arg(a, lambda x: by_name[x.name])
-
-    for n in new_nodes:
-        mine = by_name[n.name]
-        args, kwargs = local(n.args), local(n.kwargs)
-        if args != mine.args or kwargs != mine.kwargs:
-            mine.args, mine.kwargs = args, kwargs
-            editor.record("set_args", mine.name, "sizes rewritten by channel removal")

@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 
 from fxopt.errors import PassError, TraceError
-from fxopt.testing.equivalence import TOLERANCES, Difference, compare, tensors_of
+from fxopt.equivalence import TOLERANCES, Difference, compare, tensors_of
 from fxopt.trace import _flat_inputs, propagate_shapes
 
 

@@ -1,4 +1,4 @@
-"""Structured pruning on zero-invariant groups: importance, planning, removal, reconstruction.
+"""Structured pruning on zero-invariant groups: importance, planning, removal (through a GraphEditor), reconstruction.
 
 Example:
     >>> from fxopt.pruning import prune
@@ -18,6 +18,7 @@ from fxopt.pruning.importance import (
 from fxopt.pruning.planner import GroupDecision
 from fxopt.pruning.pruner import prune
 from fxopt.pruning.reconstruction import ReaderFix
+from fxopt.pruning.removal import prune_groups
 from fxopt.pruning.report import PruneReport
 from fxopt.pruning.zero_groups import ZeroGroupsReport, remove_zero_groups
 
@@ -35,6 +36,7 @@ __all__ = [
     "ReaderFix",
     "ZeroGroupsReport",
     "prune",
+    "prune_groups",
     "remove_zero_groups",
     "score_groups",
 ]

@@ -103,14 +103,17 @@ class CostModel:
     def __init__(self, analysis: Analysis, latency: LatencyModel | None = None) -> None:
         self.analysis = analysis
         self.latency_model = latency or LatencyModel()
-        self.sizes = {c: int(analysis.facts.table.size[c]) for c in analysis.axes.by_class}
+        self.sizes: dict[int, int] = {}  # elements per atomic dim the terms below refer to
         self.params: list[tuple[AxisTerm, ...]] = []
         for name, p in analysis.gm.named_parameters():
             self.params.append(tuple(self._term(PARAM_PREFIX + name, d, s) for d, s in enumerate(p.shape)))
         self.nodes: list[_NodeTerm] = [t for n in analysis.gm.graph.nodes if (t := self._node(n)) is not None]
 
     def _term(self, key: str, dim: int, size: int) -> AxisTerm:
-        return (int(size), tuple(self.analysis.axes.of((key, dim))))
+        dims = self.analysis.dims_of((key, dim))
+        for d in dims:
+            self.sizes.setdefault(d, self.analysis.size_of(d))
+        return (int(size), dims)
 
     def _axes(self, ref: TensorRef | None, dims: Sequence[int] | None = None) -> tuple[AxisTerm, ...]:
         if ref is None:

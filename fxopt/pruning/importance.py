@@ -37,13 +37,7 @@ from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
 from fxopt.pruning.calibration import CalibrationCache, Watch, batch_gradients
 from fxopt.pruning.readers import Reader, find_readers, readers_of
-from fxopt.pruning.units import (
-    axis_unit_indices,
-    dim_sums,
-    get_tensor,
-    member_sums,
-    unit_slices,
-)
+from fxopt.pruning.units import dim_sums, get_tensor, member_sums, unit_slices
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +243,7 @@ class ActivationStatistic(Criterion):
         out = []
         for r in readers_of(ctx.analysis, group, ctx.readers):
             st = ctx.cache.stats.get(r.input_key)
-            idx = axis_unit_indices(ctx.analysis, group, r.input_key, r.channel_dim)
+            idx = ctx.analysis.unit_indices(group, r.input_key, r.channel_dim)
             if st is None or idx is None:
                 continue
             per_channel = self.statistic(st.mean.numpy(), st.var.numpy())

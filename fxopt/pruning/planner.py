@@ -229,7 +229,7 @@ def one_factor_per_dim(analysis: Analysis, groups: Sequence[Group]) -> tuple[lis
 
 def _same_factor(analysis: Analysis, a: Group, b: Group, dim: tuple[str, int, str]) -> bool:
     """Whether ``a`` and ``b`` live on the same atom of a parameter dim (parts of it), not on different factors."""
-    atoms = analysis.axes.of((PARAM_PREFIX + dim[0], dim[1]))
+    atoms = analysis.dims_of((PARAM_PREFIX + dim[0], dim[1]))
     return any(c in atoms for c in set(a.classes) & set(b.classes)) or not (
         set(a.classes) & set(atoms) and set(b.classes) & set(atoms))
 

@@ -1,4 +1,9 @@
-"""``fxopt.pruning.prune``: analyse, score, plan, remove and reconstruct in one call."""
+"""``fxopt.pruning.prune``: analyse, score, plan, remove and reconstruct in one call.
+
+``prune_graph`` does the work on a GraphEditor: ``prune`` gives it an editor on a copy of the analysed module (and
+returns the copy), the ``prune`` pass one on its own graph module, so both change the graph through the same
+editor-based removal, once.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import fx
 
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.analysis.groups import Group
+from fxopt.editor import GraphEditor
 from fxopt.errors import PruneError
 from fxopt.pruning.calibration import Calibration, CalibrationCache, LossFn
 from fxopt.pruning.config import PruneConfig
@@ -26,9 +32,9 @@ from fxopt.pruning.importance import (
 )
 from fxopt.pruning.planner import GroupDecision, make_plan, module_types, select_groups
 from fxopt.pruning.reconstruction import reconstruct
+from fxopt.pruning.removal import Removed, copy_sharing_tensors, removal_masks, remove_units
 from fxopt.pruning.report import PruneReport
 from fxopt.pruning.units import graph_inputs, param_count
-from fxopt.removal import prune_groups
 from fxopt.trace import propagate_shapes
 
 log = logging.getLogger(__name__)
@@ -52,62 +58,57 @@ def make_criterion(spec: str | Criterion | ScoreFn, normalize: str | None) -> Cr
     return crit
 
 
-def remove_robustly(analysis: Analysis, removals: dict[Group, list[int]]) \
-        -> tuple[fx.GraphModule, dict[Group, list[int]], dict[str, str]]:
-    """``prune_groups`` on all removals; when it raises, find and drop the groups that make it fail.
+def remove_robustly(editor: GraphEditor, analysis: Analysis, removals: dict[Group, list[int]]) \
+        -> tuple[dict[Group, list[int]], dict[str, str], Removed | None]:
+    """Remove every group's units through ``editor``; when that fails, find and drop the groups that make it fail.
 
-    Returns the pruned module, the removals actually applied, and the error per dropped group.
+    Failed attempts are rolled back, so ``editor.gm`` holds exactly the removals applied. Returns those removals,
+    the error per dropped group, and what the removal changed (``None`` when nothing was removed).
     """
+
+    def attempt(plan: dict[Group, list[int]], keep: bool = True) -> Removed:
+        return remove_units(editor, analysis, removal_masks(analysis, plan), keep=keep)
+
+    if not removals:
+        return {}, {}, None
     try:
-        return prune_groups(analysis, removals), removals, {}
+        return removals, {}, attempt(removals)
     except Exception as exc:  # any failure in removal is narrowed down to the groups causing it below
         log.info("removal of %d groups failed (%s); checking groups one by one", len(removals), exc)
     failed: dict[str, str] = {}
     kept: dict[Group, list[int]] = {}
     for g, units in removals.items():
         try:
-            prune_groups(analysis, {g: units})
+            attempt({g: units}, keep=False)
         except Exception as exc:  # this group cannot be removed alone: report it, keep the rest going
             failed[g.id] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         else:
             kept[g] = units
     while kept:
         try:
-            return prune_groups(analysis, kept), kept, failed
+            return kept, failed, attempt(kept)
         except Exception as exc:  # groups fine alone but not together: drop the last one and retry
             g = next(reversed(kept))
             failed[g.id] = f"fails in combination: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             del kept[g]
-    return prune_groups(analysis, {}), {}, failed
+    return {}, failed, None
 
 
-def unshare(pruned: torch.nn.Module, original: torch.nn.Module) -> int:
-    """Give ``pruned`` its own copy of every tensor it still shares with ``original`` (ties inside it kept).
+def unshare(editor: GraphEditor, original: torch.nn.Module) -> int:
+    """Give ``editor.gm`` its own copy of every tensor it still shares with ``original`` (ties inside it kept).
 
     Removal shares unchanged tensors to save memory; a pruned model that users fine-tune must not write into the
     model they started from. Returns the number of tensors copied.
     """
     theirs = {id(t) for t in [*original.parameters(), *original.buffers()]}
-    copies: dict[int, torch.Tensor] = {}
-    named = [*pruned.named_parameters(remove_duplicate=False), *pruned.named_buffers(remove_duplicate=False)]
+    gm = editor.gm
+    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    copied: set[int] = set()
     for name, t in named:
-        if id(t) not in theirs:
-            continue
-        new = copies.get(id(t))
-        if new is None:
-            data = t.detach().clone()
-            new = torch.nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) \
-                else data
-            copies[id(t)] = new
-        owner_path, _, leaf = name.rpartition(".")
-        owner = pruned.get_submodule(owner_path) if owner_path else pruned
-        if isinstance(new, torch.nn.Parameter):
-            owner._parameters[leaf] = new
-        elif leaf in owner._buffers:
-            owner._buffers[leaf] = new
-        else:
-            setattr(owner, leaf, new)
-    return len(copies)
+        if id(t) in theirs and id(t) not in copied:
+            copied.add(id(t))
+            editor.set_tensor(name, t.detach().clone(), "own copy")
+    return len(copied)
 
 
 def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config: PruneConfig | None = None, *,
@@ -140,13 +141,41 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
         >>> small, report = fxopt.pruning.prune(model, x, ratio=0.3, criterion="variance", reconstruct="ls",
         ...                                     calibration=[x1, x2, x3])
     """
-    start = time.perf_counter()
     if config is None:
         config = PruneConfig(**options)
     elif options:
         config = dataclasses.replace(config, **options)
     analysis = model if isinstance(model, Analysis) else analyze(model, example_inputs)
-    types = {**module_types(analysis.gm), **module_types(None if isinstance(model, Analysis) else model)}
+    types = module_types(None if isinstance(model, Analysis) else model)
+    gm = copy_sharing_tensors(analysis.gm)
+    editor = GraphEditor(gm)
+    report, pruned = prune_graph(editor, analysis, config, calibration=calibration, loss_fn=loss_fn,
+                                 target=target, criterion=criterion, types=types)
+    unshare(editor, analysis.gm)
+    meta = dict(gm.meta.get("fxopt", {}))
+    if pruned is not None:
+        meta["pruned"] = pruned
+    meta["prune_report"] = report
+    gm.meta["fxopt"] = meta
+    return gm, report
+
+
+def prune_graph(editor: GraphEditor, analysis: Analysis, config: PruneConfig, *,
+                calibration: Iterable[Any] | Calibration | None = None, loss_fn: LossFn | None = None,
+                target: Any = None, criterion: str | Criterion | ScoreFn | None = None,
+                types: Mapping[str, type] | None = None) -> tuple[PruneReport, dict[str, Any] | None]:
+    """Score, plan, remove and reconstruct, editing ``editor.gm`` once through the editor.
+
+    ``editor.gm`` is ``analysis.gm`` itself (the ``prune`` pass prunes its graph in place) or a copy of it with
+    the same node and tensor names (``prune`` returns a new module). Arguments are those of ``prune``; ``types``
+    adds module classes of the original model for ``ignore`` entries that name types.
+
+    Returns:
+        The PruneReport, and the record of what the removal changed (``Removed.record``; ``None`` when nothing was
+        removed).
+    """
+    start = time.perf_counter()
+    types = {**module_types(analysis.gm), **(types or {})}
     cal = Calibration.of(calibration, loss_fn)
     crit = make_criterion(criterion if criterion is not None else config.criterion, config.normalize)
     if crit.needs_data and cal is None:
@@ -161,33 +190,35 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
     cost = CostModel(analysis, LatencyModel.from_target(target))
     removals, planned, achieved = make_plan(analysis, eligible, scores, config, round_to, types, cost)
     decisions.update(planned)
-    gm, applied, failures = remove_robustly(analysis, removals)
+    params_before = param_count(analysis.gm)
+    reference = analysis
+    if config.reconstruct is not None and editor.gm is analysis.gm:
+        # reconstruction compares with the unpruned model; removal replaces tensors, so a copy sharing them keeps it
+        reference = dataclasses.replace(analysis, gm=copy_sharing_tensors(analysis.gm))
+    applied, failures, removed = remove_robustly(editor, analysis, removals)
     for gid, why in failures.items():
         d = decisions[gid]
         decisions[gid] = GroupDecision(d.group, d.granularity, d.size, 0, d.exact, "failed", why)
     fixes = []
+    gm = editor.gm
     if config.reconstruct is not None and applied:
         n_nodes = len(gm.graph.nodes)
         assert cal is not None
-        fixes = reconstruct(analysis, gm, applied, config.reconstruct, cal, config.ridge)
+        fixes = reconstruct(reference, editor, applied, config.reconstruct, cal, config.ridge)
         if len(gm.graph.nodes) != n_nodes:
             propagate_shapes(gm, graph_inputs(analysis, analysis.example_inputs))
-    unshare(gm, analysis.gm)
     dense, after = cost.evaluate(), cost.evaluate(cost.kept_after(applied))
     report = PruneReport(
         config=config, criterion=repr(crit), round_to=round_to,
         decisions=tuple(decisions[g.id] for g in analysis.groups if g.id in decisions),
         ignored={k: tuple(v) for k, v in ignored.items()},
-        params_before=param_count(analysis.gm), params_after=param_count(gm),
+        params_before=params_before, params_after=param_count(gm),
         macs_before=dense.macs, macs_after=after.macs, latency_ratio=after.latency / max(dense.latency, 1e-30),
         budget_achieved=achieved, reconstruction=tuple(fixes), notes=dict(ctx.notes),
         seconds=time.perf_counter() - start,
     )
-    meta = dict(gm.meta.get("fxopt", {}))
-    meta["prune_report"] = report
-    gm.meta["fxopt"] = meta
     log.info("%s", report.to_text())
-    return gm, report
+    return report, (removed.record(applied) if removed is not None else None)
 
 
 def plan_only(analysis: Analysis, config: PruneConfig, scores: Mapping[Group, Sequence[float]] | None = None,
@@ -204,4 +235,4 @@ def plan_only(analysis: Analysis, config: PruneConfig, scores: Mapping[Group, Se
     return removals
 
 
-__all__ = ["PruneError", "plan_only", "prune", "remove_robustly", "resolve_round_to"]
+__all__ = ["PruneError", "plan_only", "prune", "prune_graph", "remove_robustly", "resolve_round_to"]

@@ -76,7 +76,7 @@ def find_readers(analysis: Analysis) -> list[Reader]:
 def readers_of(analysis: Analysis, group: Group, readers: list[Reader]) -> list[Reader]:
     """The readers whose input channels carry ``group``'s units."""
     classes = set(group.classes)
-    return [r for r in readers if not classes.isdisjoint(analysis.axes.of((r.input_key, r.channel_dim)))]
+    return [r for r in readers if not classes.isdisjoint(analysis.dims_of((r.input_key, r.channel_dim)))]
 
 
 def node_of(gm: fx.GraphModule, name: str) -> fx.Node:

@@ -32,11 +32,12 @@ from torch import fx
 
 from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
+from fxopt.editor import GraphEditor
 from fxopt.ops.view import PARAM_PREFIX, Axis
 from fxopt.pruning.calibration import Calibration, capture, eval_mode
 from fxopt.pruning.readers import Reader, find_readers, node_of
+from fxopt.pruning.removal import KeptIndices, removal_masks
 from fxopt.pruning.units import get_tensor, graph_inputs, split_batch
-from fxopt.removal import Resizer, removal_masks
 
 log = logging.getLogger(__name__)
 
@@ -148,27 +149,23 @@ def _from_out_in(w: torch.Tensor, reader: Reader) -> torch.Tensor:
     return w.movedim((0, 1), (reader.weight_out_dim, reader.weight_in_dim))
 
 
-def attach_bias(gm: fx.GraphModule, reader: Reader, value: torch.Tensor) -> str:
+def attach_bias(editor: GraphEditor, reader: Reader, value: torch.Tensor) -> str:
     """Give a bias-less reader a bias parameter; returns its qualname."""
-    param = torch.nn.Parameter(value)
     if reader.module is not None:
-        gm.get_submodule(reader.module).bias = param
+        editor.set_tensor(f"{reader.module}.bias", value, "bias compensation")
         return f"{reader.module}.bias"
+    gm = editor.gm
     node = node_of(gm, reader.node)
     owner_path = reader.weight.rpartition(".")[0]
     owner = gm.get_submodule(owner_path) if owner_path else gm
-    leaf = "bias" if not hasattr(owner, "bias") else "fxopt_bias"
-    owner.register_parameter(leaf, param)
-    qualname = f"{owner_path}.{leaf}" if owner_path else leaf
-    with gm.graph.inserting_before(node):
-        getter = gm.graph.get_attr(qualname)
-    getter.meta["val"] = value
+    qualname = editor.add_tensor("bias" if not hasattr(owner, "bias") else "fxopt_bias", value, owner=owner_path)
+    getter = editor.get_attr(qualname, before=node)
     if len(node.args) >= 3:
-        node.args = (*node.args[:2], getter, *node.args[3:])
+        editor.set_args(node, (*node.args[:2], getter, *node.args[3:]))
     elif len(node.args) == 2 and "bias" not in node.kwargs:
-        node.args = (*node.args, getter)
+        editor.set_args(node, (*node.args, getter))
     else:
-        node.kwargs = {**node.kwargs, "bias": getter}
+        editor.set_args(node, node.args, {**node.kwargs, "bias": getter})
     gm.graph.lint()
     gm.recompile()
     return qualname
@@ -187,13 +184,13 @@ def _shared_weights(analysis: Analysis, readers: Sequence[Reader]) -> set[str]:
     return shared
 
 
-def reconstruct(analysis: Analysis, pruned: fx.GraphModule, removals: Mapping[Group, Sequence[int]], method: str,
+def reconstruct(analysis: Analysis, editor: GraphEditor, removals: Mapping[Group, Sequence[int]], method: str,
                 calibration: Calibration, ridge: float = 1e-3) -> list[ReaderFix]:
-    """Repair, in graph order, every reader of ``pruned`` whose input lost channels (``pruned`` is edited).
+    """Repair, in graph order, every reader of ``editor.gm`` whose input lost channels, through the editor.
 
     Args:
-        analysis: the analysis of the unpruned model (original weights and activations come from it).
-        pruned: ``prune_groups(analysis, removals)``.
+        analysis: the analysis of the unpruned model (original weights and activations come from its ``gm``).
+        editor: edits the pruned model: ``removals`` removed from a graph with the analysis' node names.
         removals: the units removed per group.
         method: ``"bias"`` or ``"ls"`` (see the module docstring).
         calibration: the batches.
@@ -204,19 +201,20 @@ def reconstruct(analysis: Analysis, pruned: fx.GraphModule, removals: Mapping[Gr
 
     Example:
         >>> small = fxopt.prune_groups(analysis, removals)
-        >>> fixes = reconstruct(analysis, small, removals, "ls", Calibration(tuple(batches)))
+        >>> fixes = reconstruct(analysis, GraphEditor(small), removals, "ls", Calibration(tuple(batches)))
     """
     if method not in ("bias", "ls"):
         raise ValueError(f"unknown reconstruction {method!r}: use 'bias' or 'ls'")
-    resizer = Resizer(analysis, removal_masks(analysis, removals))
+    kept = KeptIndices(analysis, removal_masks(analysis, removals))
     readers = find_readers(analysis)
     shared = _shared_weights(analysis, readers)
     fixes: list[ReaderFix] = []
     for r in readers:
-        size = analysis.facts.sizes.get((r.input_key, r.channel_dim))
-        if size is None:
+        axis = analysis.axis(r.input_key, r.channel_dim)
+        if axis is None:
             continue
-        keep = resizer.kept(Axis(r.input_key, r.channel_dim, size))
+        size = axis.size
+        keep = kept.kept(axis)
         if len(keep) == size:
             continue
         removed = size - len(keep)
@@ -225,7 +223,7 @@ def reconstruct(analysis: Analysis, pruned: fx.GraphModule, removals: Mapping[Gr
         if skip:
             fixes.append(ReaderFix(r.node, removed, len(keep), False, reason=skip))
             continue
-        m = moments(analysis, pruned, r, calibration, with_xx=size <= MAX_ERROR_CHANNELS)
+        m = moments(analysis, editor.gm, r, calibration, with_xx=size <= MAX_ERROR_CHANNELS)
         if m is None:
             fixes.append(ReaderFix(r.node, removed, len(keep), False, reason="input not observed in calibration"))
             continue
@@ -239,41 +237,27 @@ def reconstruct(analysis: Analysis, pruned: fx.GraphModule, removals: Mapping[Gr
         bias_add = torch.einsum("oi...,i->o...", wo, mapping[-1])
         if bias_add.ndim > 1:
             bias_add = bias_add.reshape(bias_add.shape[0], -1).sum(1)
-        _write(pruned, analysis, resizer, r, w, new_w, bias_add)
+        _write(editor, kept, r, w, new_w, bias_add)
         fixes.append(ReaderFix(r.node, removed, len(keep), True, before, after, method))
     return fixes
 
 
-def _write(pruned: fx.GraphModule, analysis: Analysis, resizer: Resizer, r: Reader, w: torch.Tensor,
-           new_w: torch.Tensor, bias_add: torch.Tensor) -> None:
+def _write(editor: GraphEditor, kept: KeptIndices, r: Reader, w: torch.Tensor, new_w: torch.Tensor,
+           bias_add: torch.Tensor) -> None:
     """Store the repaired weight (rows sliced to the kept outputs) and add to (or create) the bias."""
-    kept_out = torch.as_tensor(resizer.kept(Axis(PARAM_PREFIX + r.weight, r.weight_out_dim,
-                                                 w.shape[r.weight_out_dim])))
-    target = get_tensor(pruned, r.weight)
+    kept_out = torch.as_tensor(kept.kept(Axis(PARAM_PREFIX + r.weight, r.weight_out_dim, w.shape[r.weight_out_dim])))
+    target = editor.tensor(r.weight)
     assert target is not None
     value = _from_out_in(new_w.index_select(0, kept_out), r)
     if value.shape != target.shape:
         raise ValueError(f"reconstructed weight of {r.node} has shape {tuple(value.shape)}, "
                          f"expected {tuple(target.shape)}")
     add = bias_add.index_select(0, kept_out)
-    # replace, never write in place: the pruned module may share unchanged tensors with the original model
-    replace_tensor(pruned, r.weight, value.to(target.dtype))
+    # a new tensor, never written in place: the pruned module may share unchanged tensors with the original model
+    editor.set_tensor(r.weight, value.to(target.dtype), "reconstructed")
     if r.bias is not None:
-        bias = get_tensor(pruned, r.bias)
+        bias = editor.tensor(r.bias)
         assert bias is not None
-        replace_tensor(pruned, r.bias, bias.detach() + add.to(bias.dtype))
+        editor.set_tensor(r.bias, bias.detach() + add.to(bias.dtype), "bias compensation")
     elif bool(add.abs().max() > 0):
-        attach_bias(pruned, r, add.to(target.dtype))
-
-
-def replace_tensor(module: torch.nn.Module, qualname: str, value: torch.Tensor) -> None:
-    """Store a new tensor at ``qualname``, a Parameter (same requires_grad) where a Parameter was."""
-    owner_path, _, leaf = qualname.rpartition(".")
-    owner = module.get_submodule(owner_path) if owner_path else module
-    old = getattr(owner, leaf)
-    if isinstance(old, torch.nn.Parameter):
-        setattr(owner, leaf, torch.nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
-    elif leaf in owner._buffers:
-        owner._buffers[leaf] = value.detach().clone()
-    else:
-        setattr(owner, leaf, value.detach().clone())
+        attach_bias(editor, r, add.to(target.dtype))

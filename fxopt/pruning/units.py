@@ -1,8 +1,8 @@
 """Reading a group's units out of tensors: parameter slices and activation channels per unit.
 
-``Analysis.unit_slices`` gives the indices of each unit along each *member* parameter axis. Importance criteria
-and reconstruction also need the indices along *activation* axes (the input of the layer that reads a group's
-channels) and the parameter values themselves; both are computed here from the analysis' atomic classes.
+``Analysis.unit_indices`` gives the indices of each unit along any tensor axis, parameter or activation (the
+input of the layer that reads a group's channels). Importance criteria and reconstruction also need the parameter
+values themselves, per unit and per member; they are read here.
 """
 
 from __future__ import annotations
@@ -35,29 +35,11 @@ def is_parameter(module: torch.nn.Module, qualname: str) -> bool:
     return isinstance(get_tensor(module, qualname), torch.nn.Parameter)
 
 
-def axis_unit_indices(analysis: Analysis, group: Group, key: str, dim: int) -> np.ndarray | None:
-    """Indices along axis ``dim`` of tensor ``key`` owned by each unit of ``group``: a ``(size, k)`` array.
-
-    Works for activations (``key`` is the node name) and parameters (``key`` is ``"param:" + qualname``). Returns
-    ``None`` when the axis does not carry the group's channels. Same layout as ``Analysis.unit_slices``
-    (row-major over the axis' atoms), computed with broadcasting instead of a loop over units.
-    """
-    atoms = analysis.axes.of((key, dim))
-    if not atoms or not any(a in group.index for a in atoms):
-        return None
-    idx = np.zeros((group.size, 1), dtype=np.int64)
-    for a in atoms:
-        size = analysis.facts.table.size[a]
-        sel = group.index[a] if a in group.index else np.broadcast_to(np.arange(size), (group.size, size))
-        idx = (idx[:, :, None] * size + sel[:, None, :]).reshape(group.size, -1)
-    return idx
-
-
 def unit_slices(analysis: Analysis, group: Group) -> dict[Member, np.ndarray]:
     """``Analysis.unit_slices`` for the members, vectorized (members whose axis has no atoms are left out)."""
     out = {}
     for m in group.members:
-        idx = axis_unit_indices(analysis, group, PARAM_PREFIX + m.qualname, m.dim)
+        idx = analysis.unit_indices(group, PARAM_PREFIX + m.qualname, m.dim)
         if idx is not None:
             out[m] = idx
     return out

@@ -18,8 +18,8 @@ from torch import fx
 
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.analysis.groups import Group
+from fxopt.pruning.removal import prune_groups
 from fxopt.pruning.units import member_rows, param_count
-from fxopt.removal import prune_groups
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DTYPE_NAMES = {"float64": "fp64", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "int8": "int8",
-               "qint8": "int8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8"}
-"""torch dtype names to the short names targets use."""
+from fxopt.analysis.cost import DTYPE_NAMES
 
 
 @dataclass(frozen=True)

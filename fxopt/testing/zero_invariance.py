@@ -17,8 +17,8 @@ import torch
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.analysis.groups import Group
 from fxopt.ops.view import PARAM_PREFIX, Axis
-from fxopt.removal import Resizer, copy_sharing_tensors, prune_groups, removal_masks
-from fxopt.testing.equivalence import TOLERANCES, compare, run
+from fxopt.pruning.removal import KeptIndices, copy_sharing_tensors, prune_groups, removal_masks
+from fxopt.equivalence import TOLERANCES, compare, run
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def zero_producers(analysis: Analysis, removals: dict[Group, list[int]]) -> torc
     """A copy of the analysed graph module with the producer slices of the given units set to zero."""
     producers = {m.qualname for g in removals for m in g.members if m.role == "producer"}
     gm = copy_sharing_tensors(analysis.gm, fresh=producers)
-    resizer = Resizer(analysis, removal_masks(analysis, removals))
+    kept = KeptIndices(analysis, removal_masks(analysis, removals))
     with torch.no_grad():
         for group in removals:
             for m in group.members:
@@ -64,7 +64,7 @@ def zero_producers(analysis: Analysis, removals: dict[Group, list[int]]) -> torc
                     continue
                 t = _tensor(gm, m.qualname)
                 axis = Axis(PARAM_PREFIX + m.qualname, m.dim, t.shape[m.dim])
-                drop = np.setdiff1d(np.arange(t.shape[m.dim]), resizer.kept(axis))
+                drop = np.setdiff1d(np.arange(t.shape[m.dim]), kept.kept(axis))
                 t.index_fill_(m.dim, torch.as_tensor(drop, device=t.device), 0.0)
     return gm
 

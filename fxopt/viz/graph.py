@@ -122,7 +122,7 @@ class _GroupIndex:
         for f in analysis.frozen:
             for m in f.members:
                 if m.role == "producer":
-                    for c in analysis.axes.of((PARAM_PREFIX + m.qualname, m.dim)):
+                    for c in analysis.dims_of((PARAM_PREFIX + m.qualname, m.dim)):
                         if f.id not in self.frozen_by_class[c]:
                             self.frozen_by_class[c].append(f.id)
         self.first_producer: dict[str, list[Group]] = defaultdict(list)
@@ -142,7 +142,7 @@ class _GroupIndex:
         frozen: list[str] = []
         for ref in output_refs(node):
             for d in range(ref.ndim):
-                for c in self.analysis.axes.of((ref.key, d)):
+                for c in self.analysis.dims_of((ref.key, d)):
                     groups += [g for g in self.by_class.get(c, ()) if g not in groups]
                     frozen += [f for f in self.frozen_by_class.get(c, ()) if f not in frozen]
         return tuple(groups), tuple(frozen)

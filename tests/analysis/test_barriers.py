@@ -7,8 +7,7 @@ import torch
 import torch.nn as nn
 
 import fxopt
-from fxopt.analysis.facts import Facts
-from fxopt.ops import REGISTRY, OpView
+from fxopt.ops import REGISTRY, Facts, OpView
 from fxopt.ops.view import output_refs, ref_of
 
 

@@ -271,3 +271,22 @@ def test_summary_of_a_model_without_groups_has_no_empty_granularity_line() -> No
 
     summary = fxopt.analyze(torch.nn.Sequential(torch.nn.Linear(4, 4)), (torch.randn(1, 4),)).summary()
     assert summary.startswith("0 groups") and "granularity" not in summary
+
+
+def test_analysis_accessors_answer_from_a_layer_and_an_axis(rig):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    a = rig.analyze(Net(), torch.randn(3, 4))
+    (g,) = a.groups
+    assert a.groups_of(("param:a.weight", 0)) == a.groups_of(("param:b.weight", 1)) == (g,)
+    assert a.groups_of(("param:b.weight", 0)) == ()
+    (dim,) = a.dims_of(("param:a.weight", 0))
+    assert a.size_of(dim) == 6 and a.axis("param:a.weight", 0).size == 6 and a.axis("nowhere", 0) is None
+    assert a.unit_indices(g, "param:b.weight", 1).tolist() == [[u] for u in range(6)]
+    assert a.unit_indices(g, "param:a.weight", 1) is None

@@ -122,6 +122,27 @@ def test_prune_pass_keeps_tied_weights_tied() -> None:
     assert gm.emb.weight.shape == (20, 8) and gm.up.weight.shape == (16, 8)
 
 
+def test_prune_pass_rolls_back_a_failed_group_and_prunes_the_rest(traced) -> None:  # type: ignore[no-untyped-def]
+    from fxopt.ops.registry import REGISTRY
+
+    gm, x = traced
+    conv1 = gm.conv1.weight
+
+    def broken(view, resizer):  # type: ignore[no-untyped-def]
+        if view.node.name == "conv2" and resizer.changed(view.inputs[0].axis(1)):
+            resizer.fail(view.node, "deliberately broken rewriter")
+
+    with REGISTRY.scoped():
+        REGISTRY.rewriter("conv")(broken)
+        result = PassManager([PrunePass(ratio=0.5)]).run(gm, (x,)).results[0]
+    assert [(s.rule, s.node) for s in result.skips] == [("prune:failed", "conv1.weight/0")]
+    assert gm.conv1.weight is conv1 and gm.bn1.num_features == 16 and gm.conv2.weight.shape == (16, 16, 3, 3)
+    assert {e.target for e in result.edits if e.action == "set_tensor"} == {
+        "conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "fc.weight"}
+    with torch.no_grad():
+        assert gm(x).shape == (2, 5)
+
+
 def test_optimize_with_prune_ratio_runs_the_pass() -> None:
     from fxopt.api import optimize, report
 

@@ -1,4 +1,7 @@
-"""Numerical comparison of two modules' outputs, with fxopt's tolerances in one place."""
+"""Numerical comparison of two modules' outputs, with fxopt's tolerances in one place.
+
+The pass manager's checks use it; ``fxopt.testing`` re-exports ``assert_equivalent`` and ``TOLERANCES`` for tests.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fxopt.analysis.dims import DimTable
+from fxopt.ops.dims import DimTable
 
 
 def test_unify_refines_a_flat_dim_into_heads_and_head_dim():

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch.fx as fx
 
-from fxopt.analysis.dims import DimTable
+from fxopt.ops.dims import DimTable
 from fxopt.ops.view import Axis, OpView
 
 ZeroMode = Literal["all", "any"]
