@@ -9,10 +9,12 @@ least-squares problem with small r x r normal equations, so alternating exact mi
 - s step, per block: ``(U_i^T U_i * V_j^T V_j) s_ij = diag(U_i^T W_ij V_j)`` (``*`` elementwise).
 
 U and V columns are renormalised after their steps (their scale moves into s), as BLAST's training does. There is
-no closed form, so the fit starts from the better of two closed-form starts, each completed by an s step:
+no closed form, so the fit starts from the best of up to three closed-form starts, each completed by an s step:
 
 - shared bases: ``U_i`` = the top left singular vectors of block-row i, ``V_j`` = the top right singular vectors
-  of block-column j (exact when W is a BLAST matrix of rank ``r <= min(p, q)``);
+  of block-column j (they span the right subspaces of a BLAST matrix, but do not diagonalise its blocks);
+- joint diagonalisation (``b > 1``, ``r <= min(p, q)``): the shared bases rotated so that they diagonalise the
+  projected blocks (Jennrich's algorithm, exact for a BLAST matrix whose factors are in general position);
 - Monarch embedding (``r >= b``): slot ``t = l b + c`` holds rank-l factors of the blocks on the c-th block
   diagonal ``j = i + c mod b``, so BLAST starts at least as good as the Monarch fit of rank ``r // b``.
 
@@ -82,7 +84,12 @@ def refine_blast(blocks: torch.Tensor, rank: int, max_iter: int, tol: float) -> 
         zeros = blocks.new_zeros
         b, _, p, q = blocks.shape
         return BlastResult(BlastFactors(zeros(b, p, rank), zeros(b, b, rank), zeros(b, q, rank)), 0.0, 0.0, 0, True)
-    starts = [_shared_basis_start(blocks, rank)] + ([_monarch_start(blocks, rank)] if rank >= blocks.shape[0] else [])
+    b, _, p, q = blocks.shape
+    starts = [_shared_basis_start(blocks, rank)]
+    if b > 1 and rank <= min(p, q):
+        starts.append(_eigen_start(blocks, *starts[0]))
+    if rank >= b:
+        starts.append(_monarch_start(blocks, rank))
     scored = [(_error(blocks, f, norm), f) for f in (_with_coupling(blocks, u, v) for u, v in starts)]
     start_error, best = min(scored, key=lambda pair: pair[0])
     floor = 100 * torch.finfo(blocks.dtype).eps
@@ -140,6 +147,29 @@ def _shared_basis_start(blocks: torch.Tensor, rank: int) -> tuple[torch.Tensor, 
     u = torch.linalg.svd(blocks.transpose(1, 2).reshape(b, p, b * q), full_matrices=False).U[..., :rank]
     vh = torch.linalg.svd(blocks.transpose(0, 1).reshape(b, b * p, q), full_matrices=False).Vh[..., :rank, :]
     return _pad(u, rank), _pad(vh.mT, rank)
+
+
+def _eigen_start(blocks: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bases that jointly diagonalise the blocks projected on the shared bases (Jennrich's algorithm).
+
+    For a BLAST matrix, the projected blocks are ``A_ij = X_i diag(s_ij) Y_j^T`` with r x r X_i, Y_j, so
+    ``A_00 A_10^{-1} A_11 A_01^{-1} = X_0 diag(.) X_0^{-1}``: its eigenvectors give X_0, then
+    ``X_0^{-1} A_0j`` gives the rows of ``Y_j^T`` and ``A_i0 Y_0^{-T}`` the columns of X_i, all in the same slot
+    order. For other matrices it is one more start to compare; non-finite results fall back to the shared bases.
+    """
+    a = torch.einsum("ipr,ijpq,jqs->ijrs", u, blocks, v)
+    inv = torch.linalg.pinv
+    pencil = a[0, 0] @ inv(a[1, 0]) @ a[1, 1] @ inv(a[0, 1])
+    x0 = torch.linalg.eig(pencil).eigenvectors.real
+    y = (inv(x0) @ a[0]).mT  # y[j] = Y_j up to column scales
+    x = a[:, 0] @ inv(y[0]).mT  # x[i] = X_i up to column scales
+    if not (x.isfinite().all() and y.isfinite().all()):
+        return u, v
+    return _normalised(u @ x), _normalised(v @ y)
+
+
+def _normalised(factor: torch.Tensor) -> torch.Tensor:
+    return factor / factor.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(factor.dtype).tiny)
 
 
 def _monarch_start(blocks: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
