@@ -34,8 +34,9 @@ class BTT(GridStructure):
     layer_name: ClassVar[str] = "BTTLinear"
 
     def grid(self, out_features: int, in_features: int) -> tuple[int, int]:
-        return (checked_split(self.layer_name, "m1", out_features, self.m1),
-                checked_split(self.layer_name, "n0", in_features, self.n0))
+        shape = (out_features, in_features)
+        return (checked_split(self.layer_name, "m1", shape, self.m1),
+                checked_split(self.layer_name, "n0", shape, self.n0))
 
     def check_grid(self, out_features: int, in_features: int) -> None:
         self.grid(out_features, in_features)

@@ -193,24 +193,26 @@ class GridLinear(GridLayer):
             self.right.copy_(right.transpose(0, 1).reshape(self.right.shape))
 
 
-def checked_split(name: str, what: str, size: int, outer: int | None) -> int:
-    """The outer factor of ``size = outer * inner``: ``outer`` if it divides ``size``, else the most even split.
+def checked_split(name: str, what: str, shape: tuple[int, int], outer: int | None) -> int:
+    """The outer factor of one dimension ``size = outer * inner``: ``outer`` if it divides, else the most even split.
 
     Args:
         name: the layer, for the message.
-        what: which dimension is split (for the message).
-        size: the dimension.
+        what: ``"m1"`` (splits out_features, ``shape[0]``) or ``"n0"`` (splits in_features, ``shape[1]``).
+        shape: the (out_features, in_features) weight shape.
         outer: the requested outer factor, or ``None`` for the largest divisor ``<= sqrt(size)``.
 
     Returns:
         The outer factor.
 
     Raises:
-        StructureError: ``outer`` does not divide ``size``; the message lists the divisors.
+        StructureError: ``outer`` does not divide the dimension; the message lists its divisors.
     """
+    axis = 0 if what == "m1" else 1
+    size = shape[axis]
     if outer is None:
         return max(d for d in range(1, math.isqrt(size) + 1) if size % d == 0)
     if outer < 1 or size % outer:
-        raise StructureError(f"{name}: {what}={outer} does not divide {size}; use one of {divisors(size)}")
+        raise StructureError(f"{name}: {what}={outer} does not divide {('out', 'in')[axis]}_features={size} of the "
+                             f"{shape[0]}x{shape[1]} weight; use one of {divisors(size)}")
     return outer
-
