@@ -39,11 +39,21 @@ Example:
     (True, torch.Size([3, 256]))
 """
 
-from fxopt.structured.base import Approximation, Structure, StructuredLinear, dense_flops
+from fxopt.structured.base import (
+    Approximation,
+    Structure,
+    StructuredLinear,
+    dense_flops,
+)
 from fxopt.structured.blast import Blast, BlastLinear
 from fxopt.structured.blockdiag import BlockDiagonal, BlockDiagonalLinear
 from fxopt.structured.btt import BTT, BTTLinear
-from fxopt.structured.calibration import InputStats, InputTransform, Scaling, output_error
+from fxopt.structured.calibration import (
+    InputStats,
+    InputTransform,
+    Scaling,
+    output_error,
+)
 from fxopt.structured.conv import ChannelLinear, conv1x1_weight
 from fxopt.structured.errors import StructureError
 from fxopt.structured.fit import Fit, FitReport, choose_rank, error_by_rank, fit

@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 
 from fxopt.structured.calibration import InputTransform
-from fxopt.structured.errors import StructureError
 
 
 def dense_flops(out_features: int, in_features: int, tokens: int = 1, bias: bool = True) -> int:

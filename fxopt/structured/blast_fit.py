@@ -79,12 +79,11 @@ def refine_blast(blocks: torch.Tensor, rank: int, max_iter: int, tol: float) -> 
     Returns:
         The best factors seen (never worse than the start) and the figures of the refinement.
     """
+    b, _, p, q = blocks.shape
     norm = blocks.norm()
     if norm == 0:
         zeros = blocks.new_zeros
-        b, _, p, q = blocks.shape
         return BlastResult(BlastFactors(zeros(b, p, rank), zeros(b, b, rank), zeros(b, q, rank)), 0.0, 0.0, 0, True)
-    b, _, p, q = blocks.shape
     starts = [_shared_basis_start(blocks, rank)]
     if b > 1 and rank <= min(p, q):
         starts.append(_eigen_start(blocks, *starts[0]))
@@ -174,7 +173,7 @@ def _normalised(factor: torch.Tensor) -> torch.Tensor:
 
 def _monarch_start(blocks: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """U and V holding each block's truncated SVD factors, slot ``t = l b + c`` for block diagonal c, level l."""
-    b, _, p, q = blocks.shape
+    b = blocks.shape[0]
     svd_u, sigma, vh = torch.linalg.svd(blocks, full_matrices=False)
     levels = math.ceil(rank / b)
     root = sigma[..., :levels].sqrt()

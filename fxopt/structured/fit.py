@@ -17,7 +17,12 @@ import torch
 import torch.nn as nn
 
 from fxopt.structured.base import Structure, StructuredLinear, dense_flops
-from fxopt.structured.calibration import InputStats, InputTransform, Scaling, output_error
+from fxopt.structured.calibration import (
+    InputStats,
+    InputTransform,
+    Scaling,
+    output_error,
+)
 from fxopt.structured.errors import StructureError
 from fxopt.structured.grid import GridStructure
 

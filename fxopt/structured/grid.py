@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
+
 import torch
 import torch.nn as nn
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxopt.structured import BlockDiagonal, InputStats, LowRank, Monarch, Structure, fit, output_error
+from fxopt.structured import (
+    BlockDiagonal,
+    InputStats,
+    LowRank,
+    Monarch,
+    Structure,
+    fit,
+    output_error,
+)
 
 
 def _correlated_inputs(n: int, rows: int = 400) -> torch.Tensor:

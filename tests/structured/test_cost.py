@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxopt.structured import (BlastLinear, BlockDiagonalLinear, BTTLinear, LowRankLinear, MonarchLinear, Structure,
-                              dense_flops)
+from fxopt.structured import (
+    BlastLinear,
+    BlockDiagonalLinear,
+    BTTLinear,
+    LowRankLinear,
+    MonarchLinear,
+    Structure,
+    dense_flops,
+)
 
 
 def test_num_parameters_counts_every_stored_parameter(structure: Structure, shape: tuple[int, int]) -> None:

@@ -8,8 +8,19 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fxopt.structured import (BTT, Blast, BlockDiagonal, ChannelLinear, LowRank, Monarch, MonarchLinear, Structure,
-                              StructureError, choose_rank, fit)
+from fxopt.structured import (
+    BTT,
+    Blast,
+    BlockDiagonal,
+    ChannelLinear,
+    LowRank,
+    Monarch,
+    MonarchLinear,
+    Structure,
+    StructureError,
+    choose_rank,
+    fit,
+)
 
 
 def _divisors(k: int) -> list[int]:

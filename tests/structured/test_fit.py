@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
-from fxopt.structured import (BTT, Blast, BlockDiagonal, LowRank, LowRankLinear, Monarch, MonarchLinear, Structure,
-                              choose_rank, error_by_rank, fit)
+from fxopt.structured import (
+    BTT,
+    Blast,
+    BlockDiagonal,
+    LowRank,
+    LowRankLinear,
+    Monarch,
+    MonarchLinear,
+    Structure,
+    choose_rank,
+    error_by_rank,
+    fit,
+)
 
 RANKED = {"lowrank": LowRank(rank=1), "monarch": Monarch(blocks=4, rank=1), "btt": BTT(rank=1, m1=4, n0=6),
           "monarch_shuffle": Monarch(blocks=3, rank=1, shuffle=True), "blast": Blast(blocks=4, rank=1)}
@@ -55,7 +68,7 @@ def test_fit_error_never_grows_with_rank(name: str) -> None:
     base = RANKED[name]
     weight = _weight()
     errors = [fit(weight, type(base)(**{**vars(base), "rank": r})).report.error for r in range(1, MOST[name] + 1)]
-    assert all(a >= b - 1e-12 for a, b in zip(errors, errors[1:])), errors
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.5 * errors[0]
 
 

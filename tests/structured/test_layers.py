@@ -9,8 +9,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fxopt.structured import (BlastLinear, BTTLinear, ChannelLinear, GridLinear, LowRank, Monarch, MonarchLinear,
-                              Structure, StructuredLinear, conv1x1_weight)
+from fxopt.structured import (
+    BlastLinear,
+    BTTLinear,
+    ChannelLinear,
+    GridLinear,
+    LowRank,
+    MonarchLinear,
+    Structure,
+    StructuredLinear,
+    conv1x1_weight,
+)
 
 F64 = {"rtol": 1e-10, "atol": 1e-10}  # float64: reassociation error only
 F32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 on unit-scale inputs
