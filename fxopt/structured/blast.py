@@ -94,7 +94,7 @@ class BlastLinear(StructuredLinear):
     Example:
         >>> layer = BlastLinear.from_dense(torch.randn(64, 96), blocks=4, rank=8)
         >>> layer.num_parameters, layer.s.shape
-        (1472, torch.Size([4, 4, 8]))
+        (1408, torch.Size([4, 4, 8]))
     """
 
     def __init__(self, in_features: int, out_features: int, blocks: int, rank: int, bias: bool = True,

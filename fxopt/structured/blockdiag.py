@@ -85,7 +85,7 @@ class BlockDiagonalLinear(StructuredLinear):
     Example:
         >>> layer = BlockDiagonalLinear.from_dense(torch.randn(64, 96), blocks=4)
         >>> layer.weight.shape, layer.num_parameters
-        (torch.Size([4, 16, 24]), 1600)
+        (torch.Size([4, 16, 24]), 1536)
     """
 
     def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True,

@@ -101,11 +101,6 @@ class InputTransform:
         blocks = torch.stack([gram[g * q:(g + 1) * q, g * q:(g + 1) * q] for g in range(groups)])
         return cls(scaling, torch.linalg.cholesky(blocks), gram)
 
-    @property
-    def groups(self) -> int:
-        """Number of column groups."""
-        return self.factors.shape[0]
-
     def to(self, dtype: torch.dtype) -> InputTransform:
         """The same transform in another dtype (fits run in the weight's compute dtype)."""
         return InputTransform(self.scaling, self.factors.to(dtype), self.gram.to(dtype))
@@ -121,10 +116,6 @@ class InputTransform:
         if self.scaling == "rms":
             return right / self.factors[:, None, :]
         return torch.linalg.solve_triangular(self.factors, right, upper=False, left=False)
-
-    def output_sq_norm(self, weight: torch.Tensor) -> torch.Tensor:
-        """``tr(W G W^T)`` for the damped second moment G: the mean squared output norm of W on the data."""
-        return ((weight @ self.gram) * weight).sum()
 
 
 def output_error(weight: torch.Tensor, fitted: torch.Tensor, stats: InputStats) -> float:

@@ -194,8 +194,8 @@ def choose_rank(weight: torch.Tensor, structure: G, budget: float, *,
         ``structure`` with ``rank`` set (at least 1; full block rank if nothing smaller meets the budget).
 
     Example:
-        >>> choose_rank(torch.randn(64, 64), LowRank(rank=1), budget=0.5)
-        LowRank(rank=26)
+        >>> choose_rank(torch.eye(64), LowRank(rank=1), budget=0.5)  # error sqrt((64 - r) / 64)
+        LowRank(rank=48)
     """
     errors = error_by_rank(weight, structure, activations=activations, scaling=scaling, damp=damp)
     within = (errors[1:] <= budget).nonzero()

@@ -57,7 +57,7 @@ class LowRankLinear(GridLayer):
     Example:
         >>> layer = LowRankLinear.from_dense(torch.randn(64, 32), rank=8)
         >>> layer.num_parameters, layer.flops(tokens=10)
-        (832, 17280)
+        (768, 15360)
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,

@@ -69,7 +69,7 @@ class MonarchLinear(GridLinear):
     Example:
         >>> layer = MonarchLinear.from_dense(torch.randn(64, 96), blocks=4, rank=2)
         >>> layer.num_parameters, layer.dense_flops(1) // layer.flops(1)
-        (1344, 4)
+        (1280, 4)
     """
 
     def __init__(self, in_features: int, out_features: int, blocks: int, rank: int, shuffle: bool = False,
