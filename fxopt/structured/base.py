@@ -1,4 +1,4 @@
-"""What every structured layer and structure shares: the error, the layer base class and the structure contract.
+"""What every structured layer and structure shares: the layer base class, the structure contract, the costs.
 
 A *structure* is a frozen dataclass of options (``Monarch(blocks=4, rank=2)``): it checks a shape, builds an empty
 layer and fits a dense weight in closed form or by iteration. A *structured layer* is the ``nn.Module`` it builds: a

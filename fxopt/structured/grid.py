@@ -52,14 +52,14 @@ def tail_errors(sigma: torch.Tensor) -> torch.Tensor:
     return (tail / total).sqrt() if total > 0 else torch.zeros_like(tail)
 
 
-def shuffle_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """Rows reordered from (row s, group i) order ``s * groups + i`` to (group i, row s) order ``i * p + s``."""
+def group_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Rows reordered from interleaved order ``s * groups + i`` to grouped order ``i * p + s`` (p rows per group)."""
     m, n = weight.shape
     return weight.reshape(m // groups, groups, n).transpose(0, 1).reshape(m, n)
 
 
-def unshuffle_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """The inverse of ``shuffle_rows``: (group i, row s) order back to ``s * groups + i`` order."""
+def interleave_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of ``group_rows``: grouped order ``i * p + s`` back to interleaved order ``s * groups + i``."""
     m, n = weight.shape
     return weight.reshape(groups, m // groups, n).transpose(0, 1).reshape(m, n)
 
@@ -69,7 +69,12 @@ class GridLayer(StructuredLinear):
 
     @abc.abstractmethod
     def load_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
-        """Set the factors: block (i, j) becomes ``left[i, j] @ right[i, j]`` ((rows, cols, p, r), (rows, cols, r, q))."""
+        """Set the factors so that block (i, j) is ``left[i, j] @ right[i, j]``.
+
+        Args:
+            left: (rows, cols, p, r) left factors.
+            right: (rows, cols, r, q) right factors.
+        """
 
 
 class GridStructure(Structure):
@@ -106,7 +111,7 @@ class GridStructure(Structure):
     def cut_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """W's (rows, cols, p, q) blocks, rows unshuffled first when the structure shuffles its outputs."""
         rows, cols = self.grid(*weight.shape)
-        return cut(shuffle_rows(weight, rows) if self.shuffle else weight, rows, cols)
+        return cut(group_rows(weight, rows) if self.shuffle else weight, rows, cols)
 
     def fit_weight(self, weight: torch.Tensor, transform: InputTransform | None) -> Approximation:
         """Truncated SVD of every block of ``W T`` (one batched SVD), T undone in the right factors."""
@@ -186,7 +191,7 @@ class GridLinear(GridLayer):
     def to_dense(self) -> torch.Tensor:
         right = self.right.reshape(self.cols, self.rows, self.rank, -1)
         weight = uncut(torch.einsum("ipjr,jirq->ijpq", self._left4(), right))
-        return unshuffle_rows(weight, self.rows) if self.shuffle else weight
+        return interleave_rows(weight, self.rows) if self.shuffle else weight
 
     def load_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
         with torch.no_grad():
