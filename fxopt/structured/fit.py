@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from fxopt.structured.base import Structure, StructuredLinear, dense_flops
 from fxopt.structured.calibration import (
+    SCALINGS,
     InputStats,
     InputTransform,
     Scaling,
@@ -60,9 +61,9 @@ class FitReport:
     params_after: int
     flops_before: int
     flops_after: int
-    iterations: int = 0
-    start_error: float = 0.0
-    converged: bool = True
+    iterations: int
+    start_error: float
+    converged: bool
 
     @property
     def param_ratio(self) -> float:
@@ -128,10 +129,8 @@ def fit(weight: torch.Tensor, structure: Structure, bias: torch.Tensor | None = 
     structure.check(m, n)
     with torch.no_grad():
         work = weight.detach().to(torch.promote_types(weight.dtype, torch.float32))
-        stats = _stats(activations, structure, n, work)
-        transform = None if stats is None else InputTransform.build(
-            stats, structure.input_groups(m, n), scaling, damp).to(work.dtype)
-        approx = structure.fit_weight(work, transform)
+        stats = _stats(activations, structure, work)
+        approx = structure.fit_weight(work, _transform(stats, structure, work, scaling, damp))
         fitted = approx.layer.to_dense()
         norm = work.norm()
         weight_error = float((work - fitted).norm() / norm) if norm > 0 else float(fitted.norm() > 0)
@@ -171,10 +170,8 @@ def error_by_rank(weight: torch.Tensor, structure: Structure, *,
     structure.check_grid(m, n)
     with torch.no_grad():
         work = weight.detach().to(torch.promote_types(weight.dtype, torch.float32))
-        stats = _stats(activations, structure, n, work)
-        transform = None if stats is None else InputTransform.build(
-            stats, structure.input_groups(m, n), scaling, damp).to(work.dtype)
-        return structure.errors_by_rank(work, transform)
+        stats = _stats(activations, structure, work)
+        return structure.errors_by_rank(work, _transform(stats, structure, work, scaling, damp))
 
 
 def choose_rank(weight: torch.Tensor, structure: G, budget: float, *,
@@ -216,12 +213,24 @@ def check_weight(weight: torch.Tensor, bias: torch.Tensor | None, structure: Str
                              f"{weight.shape[0]} output rows; pass a ({weight.shape[0]},) bias or None")
 
 
-def _stats(activations: torch.Tensor | InputStats | None, structure: Structure, n: int,
+def _stats(activations: torch.Tensor | InputStats | None, structure: Structure,
            work: torch.Tensor) -> InputStats | None:
+    """The calibration statistics on the weight's device, checked against its input features."""
     if activations is None:
         return None
+    n = work.shape[1]
     stats = activations if isinstance(activations, InputStats) else InputStats.of(activations)
     if stats.gram.shape != (n, n):
         raise StructureError(f"{structure.layer_name}: calibration inputs have {stats.gram.shape[-1]} features, the "
                              f"weight has in_features={n}; pass the layer's own inputs, shaped (..., {n})")
     return InputStats(stats.gram.to(device=work.device), stats.count)
+
+
+def _transform(stats: InputStats | None, structure: Structure, work: torch.Tensor, scaling: Scaling,
+               damp: float) -> InputTransform | None:
+    """The input transform along the structure's column groups, in the fitting dtype (``None`` without data)."""
+    if scaling not in SCALINGS:
+        raise StructureError(f"unknown activation scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+    if stats is None:
+        return None
+    return InputTransform.build(stats, structure.input_groups(*work.shape), scaling, damp).to(work.dtype)

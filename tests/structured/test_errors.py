@@ -91,7 +91,7 @@ def test_mismatched_bias_and_activations_say_what_to_pass() -> None:
     with pytest.raises(StructureError, match=r"in_features=6; pass the layer's own inputs, shaped \(\.\.\., 6\)"):
         fit(torch.randn(8, 6), LowRank(2), activations=torch.randn(10, 8))
     with pytest.raises(StructureError, match="use one of rms, whiten"):
-        fit(torch.randn(8, 6), LowRank(2), activations=torch.randn(10, 6), scaling="mean")  # type: ignore[arg-type]
+        fit(torch.randn(8, 6), LowRank(2), scaling="mean")  # type: ignore[arg-type]
 
 
 def test_layer_constructor_rejects_impossible_blocks() -> None:
