@@ -15,8 +15,8 @@ no closed form, so the fit starts from the best of up to three closed-form start
   of block-column j (they span the right subspaces of a BLAST matrix, but do not diagonalise its blocks);
 - joint diagonalisation (``b > 1``, ``r <= min(p, q)``): the shared bases rotated so that they diagonalise the
   projected blocks (Jennrich's algorithm, exact for a BLAST matrix whose factors are in general position);
-- Monarch embedding (``r >= b``): slot ``t = l b + c`` holds rank-l factors of the blocks on the c-th block
-  diagonal ``j = i + c mod b``, so BLAST starts at least as good as the Monarch fit of rank ``r // b``.
+- Monarch embedding (``r >= b``): slot ``t = l b + c`` holds the l-th singular pair of every block on the c-th
+  block diagonal ``j = i + c mod b``, so BLAST starts at least as good as the Monarch fit of rank ``r // b``.
 
 The r x r Gram matrices of the s step are built one block-row at a time (b r^2 memory, not b^2 r^2).
 """
