@@ -3,17 +3,13 @@
 A dense weight W (m x n) is replaced by a layer whose weight has a structure with fewer parameters and
 multiply-adds, fitted to W (optionally weighted by calibration inputs), and applied without ever forming W:
 
-=====================  ============================================  ================================  =============
-layer                  structure                                     params = MACs per token           fit
-=====================  ============================================  ================================  =============
-``LowRankLinear``      ``W = U V``, rank r                           ``r (m + n)``                     SVD
-``BlockDiagonalLinear``  b diagonal blocks                           ``m n / b``                       closed form
-``MonarchLinear``      b x b grid of rank-r blocks (Dao et al.)      ``b r (m + n)``                   block SVDs
-``BTTLinear``          m1 x n0 grid of rank-r blocks (2-core BTT)    ``r (m1 n + n0 m)``               block SVDs
-``BlastLinear``        ``A_ij = U_i diag(s_ij) V_j^T`` (BLAST)       ``r (m + n + b^2)``               ALS
-=====================  ============================================  ================================  =============
+- ``LowRankLinear``: ``W = U V`` of rank r; ``r (m + n)`` parameters and multiply-adds per token; truncated SVD.
+- ``BlockDiagonalLinear``: b diagonal blocks; ``m n / b``; W's diagonal blocks.
+- ``MonarchLinear``: b x b grid of rank-r blocks (Dao et al.); ``b r (m + n)``; one batched SVD of the b^2 blocks.
+- ``BTTLinear``: m1 x n0 grid of rank-r blocks (2-core BTT, Qiu et al.); ``r (m1 n + n0 m)``; batched block SVDs.
+- ``BlastLinear``: ``A_ij = U_i diag(s_ij) V_j^T`` (BLAST, Lee et al.); ``r (m + n + b^2)``; start, then ALS.
 
-(plus m for a bias). ``flops(tokens)`` counts a multiply-add as 2 FLOPs plus one addition per output for the bias,
+A bias adds m parameters. ``flops(tokens)`` counts a multiply-add as 2 FLOPs plus one addition per output for the bias,
 as ``fxopt.analysis.cost`` does.
 
 Low-rank, Monarch and BTT are one family, block-low-rank grids (``grid``), fitted in closed form by one batched
