@@ -6,9 +6,9 @@ structure's right factor keeps every fit closed form while weighting the error b
 
 - ``"rms"``: ``T = diag(sqrt(E[x_j^2]))`` (ASVD-style column scaling); exact when the inputs are uncorrelated.
 - ``"whiten"``: T = the Cholesky factor of the (damped) second moment, block-diagonal along the structure's
-  column groups (SVD-LLM-style whitening). For a plain low-rank fit (one group) the fitted error is then the output error
-  on the calibration data (exactly, as ``damp`` goes to 0); for a block grid, covariance between column groups is
-  ignored.
+  column groups (SVD-LLM-style whitening). For a plain low-rank fit (one group) the fitted error is then the
+  output error on the calibration data (exactly, as ``damp`` goes to 0); for a block grid, covariance between
+  column groups is ignored.
 
 Both damp the second moment by ``damp * mean(diag)`` so that dead or collinear inputs do not make T singular.
 """
