@@ -655,11 +655,16 @@ POSITIONAL = ("arange", "linspace", "eye", "tensor", "scalar_tensor", "as_tensor
 
 @REGISTRY.rule("factory")
 def factory_rule(view: OpView, facts: Facts) -> None:
-    """Constant-valued factories (zeros, ones, full) resize freely; position- or data-valued ones are frozen."""
+    """Constant-valued factories (zeros, ones, full) resize freely, and zeros are zero in every channel;
+    position- or data-valued ones are frozen."""
     if _name(view.node) in POSITIONAL:
         for out in view.outputs:
             for a in out.axes():
                 facts.freeze(a, f"{view.node.name} holds position-dependent values")
+    elif _name(view.node) in ("zeros", "new_zeros"):
+        for out in view.outputs:
+            for a in out.axes():
+                facts.zero(a, "always", ())
 
 
 @REGISTRY.rewriter("factory")
