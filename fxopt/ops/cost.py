@@ -159,7 +159,11 @@ def op_cost(view: OpView, sizes: Sizes, category: str, flops: sympy.Expr | int =
 
 
 def default_cost(view: OpView, sizes: Sizes) -> OpCost:
-    """No cost registered: one FLOP per output element (category ``"other"``) plus the memory traffic."""
+    """One FLOP per output element (category ``"other"``) plus the memory traffic.
+
+    The cost of a kind that registered none (an unknown op, ``"rnn"``): a guess that keeps such nodes in the
+    totals and their time memory-bound, never zero.
+    """
     return op_cost(view, sizes, "other", out_numel(view, sizes))
 
 
