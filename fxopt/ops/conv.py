@@ -116,7 +116,7 @@ def conv_rewrite(view: OpView, resizer: Resizer) -> None:
 
 @REGISTRY.cost("conv")
 def conv_cost(view: OpView, sizes: Sizes) -> OpCost:
-    """Conv: a MAC per output position (input position if transposed) and weight fan-in, plus the bias add."""
+    """Conv: a MAC per output position (input position if transposed) and weight fan-in, plus the bias adds."""
     x, w = view.inputs[0], view.params.get("weight")
     if x is None or w is None:
         return default_cost(view, sizes)
@@ -125,5 +125,5 @@ def conv_cost(view: OpView, sizes: Sizes) -> OpCost:
     groups = int(view.attrs.get("groups", 1) or 1)
     channel_dim = 1 if x.ndim == w.ndim else 0
     category = "depthwise" if groups > 1 and groups == x.shape[channel_dim] else "conv"
-    return op_cost(view, sizes, category, 2 * macs + out_numel(view, sizes), macs,
-                   (sizes.size(w, 0), sizes.size(w, 1)))
+    bias_adds = out_numel(view, sizes) if view.params.get("bias") is not None else 0
+    return op_cost(view, sizes, category, 2 * macs + bias_adds, macs, (sizes.size(w, 0), sizes.size(w, 1)))

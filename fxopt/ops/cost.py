@@ -77,20 +77,20 @@ class Sizes:
         """The value of an activation (or ``get_attr``) ref; ``None`` for a module's parameter."""
         if ref.node is None:
             return None
-        return element(self.value(ref.node), ref.key)
+        return _element(self.value(ref.node), ref.key)
 
     def size(self, ref: TensorRef, dim: int) -> sympy.Expr:
         """Size of axis ``dim`` of ``ref`` (negative dims count from the end)."""
         t = self.tensor(ref)
         if t is not None and t.ndim == ref.ndim:
-            return to_expr(t.shape[dim])
+            return _expr(t.shape[dim])
         return sympy.Integer(ref.shape[dim])
 
     def itemsize(self, ref: TensorRef) -> int:
         """Bytes per element of ``ref`` (4 when its dtype is unknown)."""
         t = self.tensor(ref)
         if t is None and ref.qualname is not None:
-            t = stored_tensor(self.gm, ref.qualname)
+            t = _stored_tensor(self.gm, ref.qualname)
         return t.element_size() if isinstance(t, torch.Tensor) else 4
 
     def shape(self, ref: TensorRef) -> tuple[sympy.Expr, ...]:
@@ -110,7 +110,7 @@ class Sizes:
 CostRule = Callable[[OpView, Sizes], OpCost]
 
 
-def element(value: Any, key: str) -> torch.Tensor | None:
+def _element(value: Any, key: str) -> torch.Tensor | None:
     """The tensor a TensorRef key names inside a node's value: ``"name#i"`` and ``"name#i.j"`` index tuples."""
     if isinstance(value, torch.Tensor):
         return value
@@ -122,7 +122,7 @@ def element(value: Any, key: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def stored_tensor(gm: fx.GraphModule, qualname: str) -> Any:
+def _stored_tensor(gm: fx.GraphModule, qualname: str) -> Any:
     """The parameter or buffer ``qualname`` of ``gm``, or ``None``."""
     owner, _, name = qualname.rpartition(".")
     try:
@@ -132,7 +132,7 @@ def stored_tensor(gm: fx.GraphModule, qualname: str) -> Any:
     return getattr(module, name, None)
 
 
-def to_expr(size: Any) -> sympy.Expr:
+def _expr(size: Any) -> sympy.Expr:
     """A (symbolic) size as a sympy expression."""
     if isinstance(size, torch.SymInt):
         return sympy.sympify(size.node.expr)

@@ -80,10 +80,11 @@ def addmm_rule(view: OpView, facts: Facts) -> None:
 
 @REGISTRY.cost("linear", "addmm")
 def linear_cost(view: OpView, sizes: Sizes) -> OpCost:
-    """Linear / addmm: a MAC per output element and input feature, plus one FLOP per output element (bias)."""
+    """Linear / addmm: a MAC per output element and input feature, plus the bias adds."""
     w = view.params.get("weight")
     if w is None:
         return default_cost(view, sizes)
     in_features = sizes.size(w, 0 if view.kind == "addmm" else 1)  # addmm's weight is (in, out)
     n = out_numel(view, sizes)
-    return op_cost(view, sizes, "matmul", 2 * n * in_features + n, n * in_features, sizes.shape(w))
+    bias_adds = n if view.params.get("bias") is not None else 0
+    return op_cost(view, sizes, "matmul", 2 * n * in_features + bias_adds, n * in_features, sizes.shape(w))
