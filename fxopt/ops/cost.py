@@ -161,8 +161,8 @@ def op_cost(view: OpView, sizes: Sizes, category: str, flops: sympy.Expr | int =
 def default_cost(view: OpView, sizes: Sizes) -> OpCost:
     """One FLOP per output element (category ``"other"``) plus the memory traffic.
 
-    The cost of a kind that registered none (an unknown op, ``"rnn"``): a guess that keeps such nodes in the
-    totals and their time memory-bound, never zero.
+    The cost of a kind that registered none, and of unknown ops: a guess that keeps such nodes in the totals
+    and their time at least that of their memory traffic, never zero.
     """
     return op_cost(view, sizes, "other", out_numel(view, sizes))
 

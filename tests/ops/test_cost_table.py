@@ -12,7 +12,7 @@ from fxopt.analysis.cost import B
 from fxopt.ops import REGISTRY, Facts, OpCost, OpRegistry, OpView, Sizes
 from fxopt.ops.cost import op_cost, out_numel
 from fxopt.ops.forms import function_form
-from fxopt.pruning.cost import CostModel
+from fxopt.pruning.cost import CostModel, count_macs
 
 
 @torch.fx.wrap
@@ -97,3 +97,24 @@ def test_cost_registrations_are_dropped_with_the_scope() -> None:
         _register_cost(registry)
         assert "channel_mix" in registry.costs
     assert "channel_mix" not in REGISTRY.costs
+
+
+def test_cost_rnn_macs_match_the_flop_counter_before_and_after_pruning() -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(8, 16, num_layers=2, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.gru(x)[0])
+
+    model, x = Encoder().eval(), torch.randn(2, 5, 8)
+    analysis = fxopt.analyze(model, x)
+    hidden = next(g for g in analysis.groups if g.id.startswith("gru."))
+    cm = CostModel(analysis)
+    assert cm.evaluate().macs == count_macs(model, (x,))
+    small = fxopt.prune_groups(analysis, {hidden: range(4)})
+    assert cm.evaluate(cm.kept_after({hidden: 4})).macs == count_macs(small, (x,))
+    row = next(r for r in fxopt.cost(model, x).rows if r.kind == "rnn")
+    assert row.category == "matmul"
