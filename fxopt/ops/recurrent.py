@@ -16,9 +16,11 @@ hidden state is projected) is a barrier.
 
 from __future__ import annotations
 
+import sympy
 import torch.fx as fx
 import torch.nn as nn
 
+from fxopt.ops.cost import OpCost, Sizes, default_cost, op_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.resize import Resizer
@@ -186,3 +188,19 @@ def rnn_rewrite(view: OpView, resizer: Resizer) -> None:
     w_ih = view.params["weight_ih_l0"]
     assert w_ih is not None
     resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))
+
+
+@REGISTRY.cost("rnn")
+def rnn_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """RNN/LSTM/GRU: a MAC per time step, batch row and element of every weight matrix, plus the bias adds.
+
+    The gates' nonlinearities and products are left out (a few FLOPs per hidden unit and step, against the
+    ``input + hidden`` MACs per gate row).
+    """
+    x = view.inputs[0]
+    if x is None:
+        return default_cost(view, sizes)
+    tokens = sizes.numel(x, range(x.ndim - 1))
+    weights = sympy.Add(*[sizes.numel(p) for n, p in view.params.items() if p is not None and n.startswith("weight")])
+    biases = sympy.Add(*[sizes.numel(p) for n, p in view.params.items() if p is not None and n.startswith("bias")])
+    return op_cost(view, sizes, "matmul", 2 * tokens * weights + tokens * biases, tokens * weights)

@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxopt.ops.cost import memory_cost, view_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
 from fxopt.ops.registry import REGISTRY
@@ -696,3 +697,8 @@ def like_rule(view: OpView, facts: Facts) -> None:
         return
     for a, b in zip(x.axes(), view.out.axes()):
         facts.same(a, b)
+
+
+# ---------------------------------------------------------------- costs
+REGISTRY.cost("reshape", "permute", "expand", "getitem", "tuple_item", "slice", "select", "size_read")(view_cost)
+REGISTRY.cost("repeat", "like", "factory", "index", "gather")(memory_cost)
