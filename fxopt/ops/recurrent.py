@@ -190,9 +190,10 @@ def rnn_rewrite(view: OpView, resizer: Resizer) -> None:
     resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))
 
 
-@REGISTRY.cost("rnn")
+@REGISTRY.cost("rnn", "rnn_cell")
 def rnn_cost(view: OpView, sizes: Sizes) -> OpCost:
-    """RNN/LSTM/GRU: a MAC per time step, batch row and element of every weight matrix, plus the bias adds.
+    """RNN/LSTM/GRU (and one step of their cells): a MAC per time step, batch row and element of every weight
+    matrix, plus the bias adds.
 
     The gates' nonlinearities and products are left out (a few FLOPs per hidden unit and step, against the
     ``input + hidden`` MACs per gate row).
