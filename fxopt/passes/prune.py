@@ -23,33 +23,19 @@ from fxopt.analysis.analysis import analyze_graph
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.verify import shape_inputs
-from fxopt.pruning.config import DEFAULT_GRANULARITY, PruneConfig
+from fxopt.pruning.config import PruneConfig
 from fxopt.pruning.pruner import prune_graph
 from fxopt.pruning.report import PruneReport
 
-Ratio = float | tuple[tuple[str, float], ...] | None
-
-
 @register_pass
 @dataclass(frozen=True)
-class PrunePass(Pass):
+class PrunePass(PruneConfig, Pass):
     """Structured pruning: remove the least important units of every eligible group (see PruneConfig).
 
-    Attributes:
-        ratio: fraction of units removed per group (``scope="uniform"``) or overall (``"global"``); or
-            ``(("layer4", 0.7), ("*", 0.3))`` pairs per group id, module name/prefix or ``re:`` regex.
-        budget: keep at most this fraction of ``metric`` (instead of a ratio).
-        metric: ``"params"``, ``"macs"``/``"flops"`` or ``"latency"`` (predicted on the target).
-        scope: ``"uniform"`` or ``"global"``.
-        criterion: importance criterion name (``l1``, ``l2``, ``bn_scale``, ``taylor``, ``variance``, ...).
-        normalize: score normalization override for global ranking.
-        round_to: kept channels are multiples of this (None: the target's alignment).
-        floor: every group keeps at least this fraction of its units.
-        ignore: module names, prefixes, ``re:`` regexes, group ids or module type names not to prune.
-        granularity: kinds of group to prune (``channel``, ``head``, ``head_dim``, ``repeat``, ``block``).
-        approximate: also prune groups that are not exactly zero-invariant.
-        reconstruct: None, ``"bias"`` or ``"ls"`` (needs calibration data in the context).
-        ridge: ridge strength of the least-squares reconstruction.
+    The options are ``PruneConfig``'s fields (ratio, budget, metric, scope, criterion, normalize, round_to, floor,
+    ignore, granularity, approximate, reconstruct, ridge), inherited so that they are declared once. A per-key
+    ratio is held as ``(key, fraction)`` pairs, the hashable form the spec text prints:
+    ``prune(ratio=(('layer4', 0.7), ('*', 0.3)))``.
 
     Example:
         >>> run = PassManager("prune(ratio=0.5,round_to=8)").run(fxopt.trace(model, x), (x,))
@@ -57,20 +43,6 @@ class PrunePass(Pass):
 
     name: ClassVar[str] = "prune"
     lossless: ClassVar[bool] = False
-
-    ratio: Ratio = None
-    budget: float | None = None
-    metric: str = "params"
-    scope: str = "uniform"
-    criterion: str = "l2"
-    normalize: str | None = None
-    round_to: int | None = None
-    floor: float = 0.1
-    ignore: tuple[str, ...] = ()
-    granularity: tuple[str, ...] = DEFAULT_GRANULARITY
-    approximate: bool = False
-    reconstruct: str | None = None
-    ridge: float = 1e-3
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, Mapping):
@@ -83,11 +55,8 @@ class PrunePass(Pass):
         self.config()  # validates: invalid options fail when the pass is built, not when it runs
 
     def config(self) -> PruneConfig:
-        """The equivalent PruneConfig."""
-        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if isinstance(options["ratio"], tuple):
-            options["ratio"] = dict(options["ratio"])
-        return PruneConfig(**options)
+        """The equivalent PruneConfig (a per-key ratio as a mapping)."""
+        return PruneConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PruneConfig)})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         """Prune ``gm`` in place; the result carries the PruneReport's figures and each skipped group's reason."""

@@ -26,13 +26,17 @@ SCOPES = ("uniform", "global")
 METRICS = ("params", "macs", "flops", "latency")
 RECONSTRUCTIONS = (None, "bias", "ls")
 
+RatioPairs = tuple[tuple[str, float], ...]
+"""A per-key ratio written as ``(key, fraction)`` pairs: the hashable form pipeline specs print."""
+
 
 @dataclass(frozen=True)
 class PruneConfig:
     """Options of structured pruning (see the module docstring for ratio semantics).
 
     Attributes:
-        ratio: fraction of units to remove (float), or per group/module/regex fractions (mapping).
+        ratio: fraction of units to remove (float), or per group/module/regex fractions (a mapping, or
+            ``(key, fraction)`` pairs, which are read as a mapping).
         budget: keep at most this fraction of ``metric`` (instead of ``ratio``).
         metric: the budget's metric: ``"params"``, ``"macs"`` (``"flops"``) or ``"latency"``.
         scope: ``"uniform"`` (same fraction per group) or ``"global"`` (ranked across groups).
@@ -51,7 +55,7 @@ class PruneConfig:
         ridge: relative ridge regularization of the least-squares reconstruction.
     """
 
-    ratio: float | Mapping[str, float] | None = None
+    ratio: float | Mapping[str, float] | RatioPairs | None = None
     budget: float | None = None
     metric: str = "params"
     scope: str = "uniform"
@@ -66,6 +70,8 @@ class PruneConfig:
     ridge: float = 1e-3
 
     def __post_init__(self) -> None:
+        if isinstance(self.ratio, (tuple, list)):
+            object.__setattr__(self, "ratio", dict(self.ratio))
         if isinstance(self.ignore, (str, type)):
             object.__setattr__(self, "ignore", (self.ignore,))
         if isinstance(self.granularity, str):
@@ -74,14 +80,18 @@ class PruneConfig:
         object.__setattr__(self, "granularity", tuple(self.granularity))
         self.validate()
 
+    def ratio_map(self) -> float | Mapping[str, float] | None:
+        """``ratio`` with ``(key, fraction)`` pairs read as a mapping."""
+        return dict(self.ratio) if isinstance(self.ratio, tuple) else self.ratio
+
     def validate(self) -> None:
         """Raise ValueError naming the first invalid option."""
         if self.ratio is None and self.budget is None:
             raise ValueError("give a ratio (fraction of units to remove) or a budget (fraction of a metric to keep)")
         if self.ratio is not None and self.budget is not None:
             raise ValueError("give either ratio or budget, not both")
-        ratios = self.ratio.values() if isinstance(self.ratio, Mapping) else [self.ratio] if self.ratio is not None \
-            else []
+        ratio = self.ratio_map()
+        ratios = ratio.values() if isinstance(ratio, Mapping) else [ratio] if ratio is not None else []
         for r in ratios:
             if not 0.0 <= float(r) < 1.0:
                 raise ValueError(f"ratio {r} must be in [0, 1): it is the fraction of units removed")

@@ -311,12 +311,13 @@ def allocate(groups: Sequence[Group], scores: Mapping[Group, np.ndarray], config
     """Units to remove per eligible group, and for budgets the kept fraction of the metric."""
     alloc = Allocator(groups, scores, config, round_to)
     if config.budget is None:
-        assert config.ratio is not None
+        ratio = config.ratio_map()
+        assert ratio is not None
         if config.scope == "global":
-            if isinstance(config.ratio, Mapping):
+            if isinstance(ratio, Mapping):
                 raise ValueError("a per-module ratio mapping is uniform by nature; use scope='uniform'")
-            return alloc.global_fraction(float(config.ratio)), None
-        return alloc.uniform({g: ratio_for(g, config.ratio, types) for g in groups}), None
+            return alloc.global_fraction(float(ratio)), None
+        return alloc.uniform({g: ratio_for(g, ratio, types) for g in groups}), None
     if cost is None:
         raise ValueError("a budget needs a cost model")
     dense = cost.evaluate().metric(config.metric)
