@@ -18,6 +18,7 @@ from fxopt.passes.base import Pass, PassContext, PassResult
 from fxopt.passes.lower import device_mismatch, device_of
 from fxopt.passes.manager import PassManager
 from fxopt.passes.spec import format_pipeline, parse_pipeline
+from fxopt.pruning.calibration import LossFn
 from fxopt.report import ModelStats, Report
 from fxopt.targets.pipeline import OptimizeOptions, pipeline_for
 from fxopt.targets.registry import get_target
@@ -61,7 +62,7 @@ def _warnings(model: torch.nn.Module, results: Sequence[PassResult], device_note
 def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target = "cpu", prune: Any = None,
              substitute: Any = None, calibration: Any = None, precision: str | None = None, compile: bool = True,
              passes: str | Sequence[Pass | str] | None = None, checked: bool = False,
-             verbose: bool = False) -> torch.nn.Module:
+             verbose: bool = False, loss_fn: LossFn | None = None) -> torch.nn.Module:
     """Optimize ``model`` for ``target`` and return a module computing the same outputs, faster.
 
     Without ``prune``, ``substitute`` and ``precision`` every pass is lossless: outputs match the original
@@ -79,6 +80,8 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         passes: an explicit pipeline (spec text or passes) replacing the target's.
         checked: compare every lossless pass's outputs with its input's.
         verbose: let torch.compile print its progress (autotuning tables, recompilations).
+        loss_fn: ``loss_fn(output, target) -> scalar`` for gradient-based pruning criteria (``criterion="taylor"``);
+            with it, each calibration batch is an ``(inputs, target)`` pair.
 
     A target whose device is not where the model runs (``target="a100"`` for a model on the CPU, or on a
     machine without a GPU) still shapes the graph passes (channel rounding for its tensor cores, its fusions),
@@ -104,8 +107,7 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
     device_note = device_mismatch(tgt, device_of(model, inputs)) if compile else None
     if device_note:
         warnings.warn(f"fxopt.optimize: lowering skipped: {device_note}", stacklevel=2)
-    ctx = PassContext(example_inputs=inputs, target=tgt, calibration=calibration, verbose=verbose,
-                      options={"prune": prune, "substitute": substitute, "precision": precision})
+    ctx = PassContext(example_inputs=inputs, target=tgt, calibration=calibration, loss_fn=loss_fn, verbose=verbose)
     run = PassManager(pipeline, checked=checked).run(gm, inputs, ctx)
     resized_state = reset_state(gm)  # state the model keeps between calls starts where the original's was
     lowering = [r for r in run.results if "lowered" in r.metrics]

@@ -159,3 +159,36 @@ def test_fxopt_save_load_and_measure_are_public() -> None:
 
     assert fxopt.save is serialization.save and fxopt.load is serialization.load
     assert {"save", "load", "measure"} <= set(fxopt.__all__)
+
+
+def _mlp_where_big_units_are_dead() -> nn.Module:
+    """Hidden units 0-3 have large input weights but no output weight (dead: magnitude keeps them, Taylor drops
+    them); units 4-7 have small input weights and carry the output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[:4] *= 100.0
+        model[2].weight[:, :4] = 0.0
+    return model
+
+
+def test_optimize_prune_taylor_uses_loss_fn_and_differs_from_magnitude() -> None:
+    model = _mlp_where_big_units_are_dead()
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    calibration = [(x, y)]
+    options = {"ratio": 0.5, "round_to": 1}
+    calls = []
+
+    def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls.append(target)
+        return torch.nn.functional.mse_loss(out, target)
+
+    taylor = optimize(model, x, prune={**options, "criterion": "taylor"}, calibration=calibration,
+                      loss_fn=loss_fn, compile=False)
+    assert calls and calls[0] is y  # the loss reached the criterion, with the batch's target
+    magnitude = optimize(model, x, prune={**options, "criterion": "l2"}, compile=False)
+    for pruned in (taylor, magnitude):
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    assert_equivalent(model, taylor, (x,), rtol=1e-4, atol=1e-5)  # it dropped the dead units
+    assert not torch.allclose(model(x), magnitude(x), atol=1e-3)  # it dropped the live ones
+    assert model[0].weight.grad is None  # the gradients were taken on a copy

@@ -28,6 +28,7 @@ import torch.fx as fx
 from fxopt.analysis.cost import Roofline
 from fxopt.editor import Edit
 from fxopt.errors import PassError
+from fxopt.pruning.calibration import LossFn
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class PassContext:
         example_inputs: real inputs (or meta tensors) for shape propagation and checks.
         target: the hardware target (an ``fxopt.targets.Target``), when the pipeline was built for one.
         calibration: optional calibration data (an iterable of input tuples) for data-aware passes.
-        options: free-form options of the caller (``optimize()`` puts its arguments here).
+        loss_fn: ``loss_fn(output, target) -> scalar`` for gradient-based criteria (the prune pass's Taylor
+            importance); with it, each calibration batch is an ``(inputs, target)`` pair.
         verbose: let compilers print their progress (autotuning, recompilation notices); off by default.
         version: graph version; bumped by every edit, it invalidates cached analyses.
         lowered: the compiled module, once a lowering pass ran.
@@ -138,7 +140,7 @@ class PassContext:
     example_inputs: tuple[Any, ...] = ()
     target: Roofline | None = None
     calibration: Any = None
-    options: dict[str, Any] = field(default_factory=dict)
+    loss_fn: LossFn | None = None
     verbose: bool = False
     version: int = 0
     lowered: torch.nn.Module | None = None

@@ -3,7 +3,7 @@
 ``prune(ratio=0.5,round_to=8)`` removes half of the units of every exact group (the least important under
 ``criterion``) and rounds each group's kept channels to a multiple of 8. Ratio, budget and ignore semantics are
 those of ``fxopt.pruning.PruneConfig``; data-aware criteria and reconstruction read calibration batches from
-``ctx.calibration`` (and a ``loss_fn`` from ``ctx.options`` for the Taylor criterion).
+``ctx.calibration`` (and ``ctx.loss_fn`` for the Taylor criterion).
 
 The pass prunes the graph module it was given in place with ``fxopt.pruning.prune_graph``, the same editor-based
 removal ``fxopt.pruning.prune`` runs on a copy: every resized tensor, every changed module attribute and every
@@ -63,7 +63,7 @@ class PrunePass(PruneConfig, Pass):
         editor = GraphEditor(gm, ctx, str(self))
         analysis = analyze_graph(gm, shape_inputs(gm, ctx.example_inputs))
         report, _ = prune_graph(editor, analysis, self.config(), calibration=ctx.calibration,
-                                loss_fn=ctx.options.get("loss_fn"), target=ctx.target)
+                                loss_fn=ctx.loss_fn, target=ctx.target)
         for d in report.decisions:
             if d.status not in ("pruned", "unchanged"):
                 editor.skip(f"prune:{d.status}", d.group, d.reason)
