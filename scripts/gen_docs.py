@@ -95,7 +95,7 @@ def render_op_rules() -> str:
         cost = "yes" if kind in REGISTRY.costs else "default"
         lines.append(f"| [`{kind}`](#{kind}) | {doc.replace('|', '/')} | {cost} | {shown} |")
     for kind in kinds:
-        rule = REGISTRY.rules.get(kind)
+        rule = REGISTRY.rules.get(kind, None)
         lines += ["", f"## {kind}", ""]
         if rule is not None:
             lines.append(REGISTRY.docs.get(kind, "") or "")
@@ -103,10 +103,10 @@ def render_op_rules() -> str:
         else:
             lines.append("No channel rule: nodes of this kind are barriers.")
             lines.append("")
-        rewriter = REGISTRY.rewriters.get(kind)
+        rewriter = REGISTRY.rewriters.get(kind, None)
         lines.append(f"- rewriter: {_function_ref(rewriter)}" if rewriter is not None
                      else "- rewriter: none (removal leaves the node's arguments as they are)")
-        cost_fn = REGISTRY.costs.get(kind)
+        cost_fn = REGISTRY.costs.get(kind, None)
         lines.append(f"- cost: {_function_ref(cost_fn)}: {_summary(cost_fn)}" if cost_fn is not None
                      else f"- cost: none ({_function_ref(default_cost)})")
         names = sorted(set(ops.get(kind, ())))

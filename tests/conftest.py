@@ -39,11 +39,12 @@ def _registries() -> dict[str, Any]:
     from fxopt.ops.registry import REGISTRY
     from fxopt.passes.base import PASSES
     from fxopt.pruning.importance import CRITERIA
+    from fxopt.registry import Registry
     from fxopt.targets.registry import TARGETS
 
     return {f"{name}.{attr}": sorted(map(str, value)) for name, registry in
             (("ops", REGISTRY), ("passes", PASSES), ("criteria", CRITERIA), ("targets", TARGETS))
-            for attr, value in vars(registry).items() if isinstance(value, dict)}
+            for attr, value in vars(registry).items() if isinstance(value, (dict, Registry))}
 
 
 def global_state() -> dict[str, Any]:

@@ -164,7 +164,7 @@ def collect_facts(gm: fx.GraphModule, registry: OpRegistry = REGISTRY) -> Facts:
                         facts.freeze(a, f"dim of graph output {src.name}")
         elif node.op in ("call_module", "call_function", "call_method"):
             view = registry.view(node, gm)
-            rule = registry.rules.get(view.kind)
+            rule = registry.rules.get(view.kind, None)
             if rule is None and not view.tensors():
                 continue  # arithmetic on sizes, asserts: nothing to couple
             if rule is None:

@@ -19,6 +19,7 @@ from fxopt.ops.cost import CostRule, OpCost, Sizes, default_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.resize import Resizer
 from fxopt.ops.view import OpView, output_refs, ref_of
+from fxopt.registry import Registry
 
 Normalizer = Callable[[fx.Node, fx.GraphModule, str], OpView]
 ChannelRule = Callable[[OpView, Facts], None]
@@ -34,29 +35,34 @@ class OpSpec:
 
 
 class OpRegistry:
-    """Maps op objects to kinds, and kinds to channel rules, rewriters and cost functions."""
+    """Maps op objects to kinds, and kinds to channel rules, rewriters and cost functions: one ``Registry`` per
+    table, scoped together."""
 
     def __init__(self) -> None:
-        self.ops: dict[Any, OpSpec] = {}
-        self.rules: dict[str, ChannelRule] = {}
-        self.rewriters: dict[str, Rewriter] = {}
-        self.costs: dict[str, CostRule] = {}
-        self.docs: dict[str, str] = {}
+        self.ops: Registry[OpSpec] = Registry("op")
+        self.rules: Registry[ChannelRule] = Registry("channel rule")
+        self.rewriters: Registry[Rewriter] = Registry("rewriter")
+        self.costs: Registry[CostRule] = Registry("cost rule")
+        self.docs: Registry[str] = Registry("rule summary")
+
+    def tables(self) -> tuple[Registry[Any], ...]:
+        """Every table of the registry."""
+        return self.ops, self.rules, self.rewriters, self.costs, self.docs
 
     def register_ops(self, kind: str, ops: Iterable[Any], normalize: Normalizer) -> None:
         """Declare that each op object in ``ops`` computes ``kind``, normalized by ``normalize``."""
         for op in ops:
             if op is None:
                 continue
-            self.ops[_op_key(op)] = OpSpec(kind, normalize)
+            self.ops.register(_op_key(op), OpSpec(kind, normalize))
 
     def rule(self, *kinds: str) -> Callable[[ChannelRule], ChannelRule]:
         """Decorator registering the channel rule for ``kinds``."""
 
         def deco(fn: ChannelRule) -> ChannelRule:
             for kind in kinds:
-                self.rules[kind] = fn
-                self.docs[kind] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+                self.rules.register(kind, fn)
+                self.docs.register(kind, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
             return fn
 
         return deco
@@ -66,7 +72,7 @@ class OpRegistry:
 
         def deco(fn: Rewriter) -> Rewriter:
             for kind in kinds:
-                self.rewriters[kind] = fn
+                self.rewriters.register(kind, fn)
             return fn
 
         return deco
@@ -82,7 +88,7 @@ class OpRegistry:
 
         def deco(fn: CostRule) -> CostRule:
             for kind in kinds:
-                self.costs[kind] = fn
+                self.costs.register(kind, fn)
             return fn
 
         return deco
@@ -94,15 +100,15 @@ class OpRegistry:
     def spec_for(self, node: fx.Node, gm: fx.GraphModule) -> OpSpec | None:
         """The OpSpec of a call node, or ``None`` if its op is unknown."""
         if node.op == "call_module":
-            return self.ops.get(type(gm.get_submodule(str(node.target))))
+            return self.ops.get(type(gm.get_submodule(str(node.target))), None)
         if node.op == "call_function":
             target = node.target
-            spec = self.ops.get(_op_key(target))
+            spec = self.ops.get(_op_key(target), None)
             if spec is None and isinstance(target, torch._ops.OpOverload):
-                spec = self.ops.get(target.overloadpacket)
+                spec = self.ops.get(target.overloadpacket, None)
             return spec
         if node.op == "call_method":
-            return self.ops.get(_op_key(getattr(torch.Tensor, str(node.target), None)))
+            return self.ops.get(_op_key(getattr(torch.Tensor, str(node.target), None)), None)
         return None
 
     def view(self, node: fx.Node, gm: fx.GraphModule) -> OpView:
@@ -115,11 +121,10 @@ class OpRegistry:
     @contextlib.contextmanager
     def scoped(self) -> Iterator[OpRegistry]:
         """Context in which registrations are private; everything registered inside is dropped at exit."""
-        saved = (dict(self.ops), dict(self.rules), dict(self.rewriters), dict(self.costs), dict(self.docs))
-        try:
+        with contextlib.ExitStack() as stack:
+            for table in self.tables():
+                stack.enter_context(table.scoped())
             yield self
-        finally:
-            self.ops, self.rules, self.rewriters, self.costs, self.docs = saved
 
 
 def _op_key(op: Any) -> Any:

@@ -28,6 +28,7 @@ import torch.fx as fx
 from fxopt.analysis.cost import Roofline
 from fxopt.editor import Edit
 from fxopt.errors import PassError
+from fxopt.registry import Registry
 from fxopt.pruning.calibration import LossFn
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,10 @@ P = TypeVar("P", bound=type[Pass])
 
 
 class PassRegistry:
-    """Pass classes by spec name; ``scoped()`` gives tests a private copy."""
+    """Pass classes by spec name: a ``Registry`` whose ``register`` checks that a class is a named, frozen Pass."""
 
     def __init__(self) -> None:
-        self.passes: dict[str, type[Pass]] = {}
+        self.passes: Registry[type[Pass]] = Registry("pass", PassError)
 
     def register(self, cls: P) -> P:
         """Register ``cls`` under ``cls.name``.
@@ -243,10 +244,10 @@ class PassRegistry:
         params = getattr(cls, "__dataclass_params__", None)
         if params is None or not params.frozen or "__dataclass_fields__" not in cls.__dict__:
             raise PassError(f"{cls.__name__} must be decorated with @dataclass(frozen=True)")
-        old = self.passes.get(cls.name)
+        old = self.passes.get(cls.name, None)
         if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
             raise PassError(f"pass name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
-        self.passes[cls.name] = cls
+        self.passes.register(cls.name, cls)
         return cls
 
     def get(self, name: str) -> type[Pass]:
@@ -255,14 +256,11 @@ class PassRegistry:
         Raises:
             PassError: for unknown names, listing the valid ones.
         """
-        cls = self.passes.get(name)
-        if cls is None:
-            raise PassError(f"unknown pass {name!r}; registered passes: {', '.join(self.names())}")
-        return cls
+        return self.passes.get(name)
 
     def names(self) -> list[str]:
         """Registered pass names, sorted."""
-        return sorted(self.passes)
+        return self.passes.names()
 
     def __contains__(self, name: object) -> bool:
         return name in self.passes
@@ -270,11 +268,8 @@ class PassRegistry:
     @contextlib.contextmanager
     def scoped(self) -> Iterator[PassRegistry]:
         """Context in which registrations are private and dropped at exit."""
-        saved = dict(self.passes)
-        try:
+        with self.passes.scoped():
             yield self
-        finally:
-            self.passes = saved
 
 
 PASSES = PassRegistry()

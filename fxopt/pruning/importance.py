@@ -35,9 +35,11 @@ import torch
 
 from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
+from fxopt.errors import PruneError
 from fxopt.pruning.calibration import CalibrationCache, Watch, batch_gradients
 from fxopt.pruning.readers import Reader, find_readers, readers_of
 from fxopt.pruning.units import dim_sums, get_tensor, member_sums, unit_slices
+from fxopt.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -301,45 +303,44 @@ class FunctionCriterion(Criterion):
 
 
 class CriterionRegistry:
-    """Criteria by name; ``scoped()`` lets tests register criteria that vanish afterwards."""
+    """Criteria by name: a ``Registry`` of Criterion classes whose ``create`` also takes instances and functions."""
 
     def __init__(self) -> None:
-        self.factories: dict[str, Callable[..., Criterion]] = {}
+        self.factories: Registry[Callable[..., Criterion]] = Registry("criterion", PruneError, plural="criteria")
 
     def register(self, name: str) -> Callable[[type[Criterion]], type[Criterion]]:
         """Class decorator: make ``Criterion`` subclass available as ``name``."""
 
         def deco(cls: type[Criterion]) -> type[Criterion]:
-            self.factories[name] = cls
+            self.factories.register(name, cls)
             return cls
 
         return deco
 
     def create(self, spec: str | Criterion | ScoreFn, **options: Any) -> Criterion:
-        """A criterion from a registered name (with options), an instance, or a scoring function."""
+        """A criterion from a registered name (with options), an instance, or a scoring function.
+
+        Raises:
+            PruneError: for an unknown name, listing the registered criteria.
+            TypeError: for a spec that is neither a name, a Criterion nor a function.
+        """
         if isinstance(spec, Criterion):
             return spec
         if isinstance(spec, str):
-            factory = self.factories.get(spec)
-            if factory is None:
-                raise KeyError(f"unknown criterion {spec!r}; registered: {sorted(self.factories)}")
-            return factory(**options)
+            return self.factories.get(spec)(**options)
         if callable(spec):
             return FunctionCriterion(fn=spec, **options)
         raise TypeError(f"a criterion is a name, a Criterion or a function, not {type(spec).__name__}")
 
     def names(self) -> list[str]:
         """Registered criterion names."""
-        return sorted(self.factories)
+        return self.factories.names()
 
     @contextlib.contextmanager
     def scoped(self) -> Iterator[CriterionRegistry]:
         """Registrations made inside the block are dropped at exit."""
-        saved = dict(self.factories)
-        try:
+        with self.factories.scoped():
             yield self
-        finally:
-            self.factories = saved
 
 
 CRITERIA = CriterionRegistry()

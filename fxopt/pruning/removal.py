@@ -202,7 +202,7 @@ def _remove(editor: GraphEditor, analysis: Analysis, removed: Mapping[int, np.nd
     mark = editor.checkpoint()
     sliced = _slice_tensors(editor, resizer)
     for view in views:
-        rewriter = analysis.registry.rewriters.get(view.kind)
+        rewriter = analysis.registry.rewriters.get(view.kind, None)
         if rewriter is not None:
             rewriter(view, resizer)
     gm.graph.lint()

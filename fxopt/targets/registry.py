@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from fxopt.errors import FxoptError
+from fxopt.registry import Registry
 from fxopt.targets.cpu import detect_cpu
 from fxopt.targets.gpus import a100, h100, h200
 from fxopt.targets.spec import Target
@@ -14,14 +14,14 @@ TargetFactory = Callable[[], Target]
 
 
 class TargetRegistry:
-    """Target factories by name; ``scoped()`` gives tests a private copy."""
+    """Target factories by name: a ``Registry`` that also takes ready Targets and passes a Target through."""
 
     def __init__(self) -> None:
-        self.factories: dict[str, TargetFactory] = {}
+        self.factories: Registry[TargetFactory] = Registry("target")
 
     def register(self, name: str, factory: TargetFactory | Target) -> None:
         """Register a target (or a function building it) under ``name``."""
-        self.factories[name] = factory if callable(factory) else (lambda t=factory: t)
+        self.factories.register(name, factory if callable(factory) else (lambda t=factory: t))
 
     def get(self, target: str | Target) -> Target:
         """The target named ``target`` (a Target is returned as is).
@@ -31,23 +31,17 @@ class TargetRegistry:
         """
         if isinstance(target, Target):
             return target
-        factory = self.factories.get(target)
-        if factory is None:
-            raise FxoptError(f"unknown target {target!r}; registered targets: {', '.join(self.names())}")
-        return factory()
+        return self.factories.get(target)()
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
-        return sorted(self.factories)
+        return self.factories.names()
 
     @contextlib.contextmanager
     def scoped(self) -> Iterator[TargetRegistry]:
         """Context in which registrations are private and dropped at exit."""
-        saved = dict(self.factories)
-        try:
+        with self.factories.scoped():
             yield self
-        finally:
-            self.factories = saved
 
 
 TARGETS = TargetRegistry()
