@@ -13,7 +13,7 @@ from fxopt import ops  # noqa: F401  (registers the op rules)
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.api import cost, measure, optimize, report
 from fxopt.analysis.groups import FrozenGroup, Group, Member
-from fxopt.errors import AnalysisError, FxoptError, PruneError, TraceError
+from fxopt.errors import AnalysisError, EditError, FxoptError, PassError, PruneError, TraceError
 from fxopt.passes import Pass, PassManager, PassResult, register_pass
 from fxopt.pruning import prune, prune_groups, remove_zero_groups
 from fxopt.serialization import load, save
@@ -26,10 +26,12 @@ __all__ = [
     "PassManager",
     "PassResult",
     "AnalysisError",
+    "EditError",
     "FrozenGroup",
     "FxoptError",
     "Group",
     "Member",
+    "PassError",
     "PruneError",
     "TraceError",
     "analyze",

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxopt.errors import EditError
 from fxopt.ops.forms import set_call_arg
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,13 @@ class GraphEditor:
         """Undo every edit made after ``mark`` (latest first) and drop it from the log; recompiles.
 
         Raises:
-            RuntimeError: when one of those edits cannot be undone (an erase, a recorded helper edit); nothing is
+            EditError: when one of those edits cannot be undone (an erase, a recorded helper edit); nothing is
                 undone then.
         """
         stuck = [e for e, u in zip(self.edits[mark:], self._undo[mark:]) if u is None]
         if stuck:
-            raise RuntimeError(f"cannot roll back {stuck[0].action} {stuck[0].target}")
+            raise EditError(f"cannot roll back {stuck[0].action} {stuck[0].target}: roll back to a mark after it, "
+                            "or work on a copy of the module")
         while len(self.edits) > mark:
             self.edits.pop()
             undo = self._undo.pop()
@@ -301,9 +303,14 @@ class GraphEditor:
         self._log("set_args", node.name, detail or f"{node.args} {node.kwargs or ''}".rstrip(), undo)
 
     def erase(self, node: fx.Node) -> None:
-        """Erase ``node``; it must have no users left."""
+        """Erase ``node``; it must have no users left.
+
+        Raises:
+            EditError: when ``node`` still has users (replace its uses first: ``replace_uses``).
+        """
         if node.users:
-            raise RuntimeError(f"cannot erase {node.name}: still used by {[u.name for u in node.users]}")
+            raise EditError(f"cannot erase {node.name}: still used by {[u.name for u in node.users]}; "
+                            "point them elsewhere first (replace_uses)")
         name = node.name
         self.gm.graph.erase_node(node)
         self._log("erase", name)

@@ -12,7 +12,12 @@ class TraceError(FxoptError):
 
 
 class AnalysisError(FxoptError):
-    """The channel analysis met a graph it cannot describe (never raised for unknown ops: those freeze)."""
+    """An analysis was asked about something it does not hold (an unknown group id); never raised for unknown
+    ops: those freeze their channels."""
+
+
+class EditError(FxoptError):
+    """A graph edit is impossible as asked (erasing a node that still has users, rolling back an erase)."""
 
 
 class PruneError(FxoptError):

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from fxopt.errors import FxoptError
 from fxopt.passes.base import PassResult
 from fxopt.timing import Measurement
 
@@ -74,11 +75,16 @@ class Report:
         return self.before.predicted_s / self.after.predicted_s if self.after.predicted_s > 0 else 1.0
 
     def result(self, pass_name: str) -> PassResult:
-        """The result of the first pass whose spec starts with ``pass_name``."""
+        """The result of the first pass whose spec starts with ``pass_name``.
+
+        Raises:
+            FxoptError: when no such pass ran; the message lists the passes that did.
+        """
         for r in self.results:
             if r.pass_name.split("(")[0] == pass_name:
                 return r
-        raise KeyError(f"no pass {pass_name!r} ran; passes: {', '.join(r.pass_name for r in self.results)}")
+        raise FxoptError(f"no pass {pass_name!r} ran; passes that ran: "
+                         f"{', '.join(r.pass_name for r in self.results) or '(none)'}")
 
     def to_text(self) -> str:
         """A plain-text rendering."""

@@ -192,3 +192,17 @@ def test_optimize_prune_taylor_uses_loss_fn_and_differs_from_magnitude() -> None
     assert_equivalent(model, taylor, (x,), rtol=1e-4, atol=1e-5)  # it dropped the dead units
     assert not torch.allclose(model(x), magnitude(x), atol=1e-3)  # it dropped the live ones
     assert model[0].weight.grad is None  # the gradients were taken on a copy
+
+
+def test_report_result_of_a_pass_that_did_not_run_raises_fxopt_error_listing_those_that_did(net) -> None:
+    r = report(optimize(net, torch.randn(1, 3, 8, 8), compile=False))
+    assert r.result("fuse").pass_name == "fuse"
+    with pytest.raises(FxoptError, match="no pass 'prune' ran; passes that ran: cleanup, fuse"):
+        r.result("prune")
+
+
+def test_pass_error_and_edit_error_are_exported_fxopt_errors() -> None:
+    import fxopt
+
+    assert issubclass(fxopt.PassError, fxopt.FxoptError) and issubclass(fxopt.EditError, fxopt.FxoptError)
+    assert {"PassError", "EditError", "AnalysisError"} <= set(fxopt.__all__)

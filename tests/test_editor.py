@@ -8,6 +8,7 @@ from torch import nn
 
 import fxopt
 from fxopt.editor import Edit, GraphEditor
+from fxopt.errors import EditError
 
 
 def _gm() -> torch.fx.GraphModule:
@@ -55,5 +56,5 @@ def test_editor_rollback_restores_tensors_attributes_arguments_and_inserted_node
     assert gm.get_submodule("0").weight is weight and gm.get_submodule("0").out_features == 4
     assert not hasattr(gm, "extra") and all(n.op != "get_attr" for n in gm.graph.nodes)
     assert torch.equal(gm(x), before)
-    with pytest.raises(RuntimeError, match="cannot roll back note kept"):
+    with pytest.raises(EditError, match="cannot roll back note kept"):
         editor.rollback(0)

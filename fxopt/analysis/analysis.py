@@ -16,6 +16,7 @@ import torch.fx as fx
 
 from fxopt.analysis.groups import AxisIndex, FrozenGroup, Group, Member, ZeroPropagation, build_units
 from fxopt.analysis.parts import ElementLink, resolve_parts
+from fxopt.errors import AnalysisError
 from fxopt.ops.facts import Barrier, Facts
 from fxopt.ops.registry import REGISTRY, OpRegistry
 from fxopt.ops.view import PARAM_PREFIX, Axis, output_refs
@@ -48,11 +49,21 @@ class Analysis:
     registry: OpRegistry = field(default=REGISTRY)
 
     def group(self, group_id: str) -> Group:
-        """The group with ``group_id``; KeyError lists a few valid ids."""
+        """The group with ``group_id``.
+
+        Raises:
+            AnalysisError: for an id that is not a prunable group; the message says whether it is frozen (and
+                why) and lists a few valid ids.
+        """
         for g in self.groups:
             if g.id == group_id:
                 return g
-        raise KeyError(f"no group {group_id!r}; groups include {[g.id for g in self.groups[:5]]}")
+        frozen = next((f for f in self.frozen if f.id == group_id), None)
+        if frozen is not None:
+            raise AnalysisError(f"group {group_id} is frozen at {frozen.node}: {frozen.reason}; it cannot be "
+                                "pruned (analysis.frozen lists the frozen groups and why)")
+        raise AnalysisError(f"no group {group_id!r}; groups include {[g.id for g in self.groups[:5]]} "
+                            f"(list them all with analysis.groups, or print analysis.summary())")
 
     def dims_of(self, axis: Axis | tuple[str, int]) -> tuple[int, ...]:
         """The atomic dims (channel classes) a tensor axis is made of, row-major; empty for unknown or size-1 axes.

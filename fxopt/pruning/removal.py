@@ -28,7 +28,7 @@ from torch import fx
 from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
 from fxopt.editor import GraphEditor
-from fxopt.errors import PruneError
+from fxopt.errors import AnalysisError, PruneError
 from fxopt.ops.view import PARAM_PREFIX, Axis, OpView, output_refs
 from fxopt.trace import propagate_shapes
 
@@ -109,7 +109,7 @@ def removal_masks(analysis: Analysis, removals: Removals) -> dict[int, np.ndarra
     for key, units in removals.items():
         try:
             group: Group | str = analysis.group(key) if isinstance(key, str) else key
-        except KeyError:
+        except AnalysisError:
             group = key
         if not isinstance(group, Group) or id(group) not in known:
             frozen = next((f for f in analysis.frozen if f.id == getattr(group, "id", key)), None)

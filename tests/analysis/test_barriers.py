@@ -65,6 +65,15 @@ def test_custom_op_without_rule_is_a_barrier_that_freezes_its_dims(rig, frontend
     assert f"barrier {barrier.node.name} (unknown)" in a.summary()
     with pytest.raises(fxopt.PruneError, match=f"group a.weight/0 is frozen at {barrier.node.name}: no channel rule"):
         fxopt.prune_groups(a, {frozen: [0]})
+    with pytest.raises(fxopt.AnalysisError, match=f"group a.weight/0 is frozen at {barrier.node.name}: no channel"):
+        a.group("a.weight/0")
+
+
+def test_analysis_group_of_unknown_id_raises_analysis_error_naming_valid_ids(rig):
+    a = rig.analyze(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(3, 4))
+    assert a.group(a.groups[0].id) is a.groups[0]
+    with pytest.raises(fxopt.AnalysisError, match=r"no group 'nope'; groups include \['0.weight/0'\]"):
+        a.group("nope")
 
 
 def test_fft_over_the_channel_dim_freezes_it_and_is_listed(rig):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from fxopt.errors import EditError
 from fxopt.passes import GraphEditor, PassContext
 
 
@@ -40,7 +41,7 @@ def test_editor_finish_drops_get_attrs_and_tensors_its_edits_left_unused(passes)
 def test_editor_erase_node_with_users_raises(passes) -> None:
     gm = _gm(passes)
     editor = GraphEditor(gm, PassContext(), "t")
-    with pytest.raises(RuntimeError, match="still used"):
+    with pytest.raises(EditError, match="still used"):
         editor.erase(next(n for n in gm.graph.nodes if n.op == "call_module"))
 
 
