@@ -31,7 +31,7 @@ from fxopt.passes.editor import GraphEditor
 from fxopt.passes.fold_bn import FoldBatchNormInputPass, FoldBatchNormPass
 from fxopt.passes.fuse import FusePass
 from fxopt.passes.hooks import DumpGraphs, Timeline, log_after, log_before
-from fxopt.passes.horizontal import HorizontalFusePass
+from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.layout import ChannelsLastPass
 from fxopt.passes.lower import LowerPass
 from fxopt.passes.manager import PassManager, PipelineRun

@@ -15,7 +15,7 @@ import torch.fx as fx
 
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.fold_bn import BN_CONV, CONV_BN, run_patterns
-from fxopt.passes.horizontal import HorizontalFusePass
+from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.match import Pattern
 from fxopt.passes.merge_linear import merge_pattern
 

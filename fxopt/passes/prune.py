@@ -25,7 +25,7 @@ from fxopt.passes.editor import GraphEditor
 from fxopt.passes.verify import shape_inputs
 from fxopt.pruning.config import PruneConfig
 from fxopt.pruning.pruner import prune_graph
-from fxopt.pruning.report import PruneReport
+from fxopt.pruning.prune_report import PruneReport
 
 @register_pass
 @dataclass(frozen=True)

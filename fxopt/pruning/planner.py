@@ -21,7 +21,7 @@ from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
 from fxopt.ops.view import PARAM_PREFIX
 from fxopt.pruning.config import PruneConfig
-from fxopt.pruning.cost import CostModel
+from fxopt.pruning.plan_cost import CostModel
 from fxopt.pruning.units import owner_module
 
 log = logging.getLogger(__name__)

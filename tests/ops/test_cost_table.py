@@ -12,7 +12,7 @@ from fxopt.analysis.cost import B
 from fxopt.ops import REGISTRY, Facts, OpCost, OpRegistry, OpView, Sizes
 from fxopt.ops.cost import op_cost, out_numel
 from fxopt.ops.forms import function_form
-from fxopt.pruning.cost import CostModel, count_macs
+from fxopt.pruning.plan_cost import CostModel, count_macs
 
 
 @torch.fx.wrap

@@ -10,7 +10,7 @@ from torch import nn
 
 import fxopt
 from fxopt.pruning import PruneConfig, prune
-from fxopt.pruning.cost import CostModel
+from fxopt.pruning.plan_cost import CostModel
 from fxopt.pruning.planner import alignment_step, round_kept
 
 

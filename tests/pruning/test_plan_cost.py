@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import fxopt
-from fxopt.pruning.cost import CostModel, LatencyModel, count_macs
+from fxopt.pruning.plan_cost import CostModel, LatencyModel, count_macs
 
 
 def test_cost_model_matches_pruned_resnet_params_and_flop_counter() -> None:
