@@ -9,12 +9,14 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     conv,
     elementwise,
     embedding,
+    factories,
+    indexing,
     linear,
     norm,
     pooling,
     recurrent,
     reduction,
-    shape,
+    reshape,
 )
 from fxopt.ops.cost import OpCost, Sizes
 from fxopt.ops.facts import Facts
