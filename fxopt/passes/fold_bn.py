@@ -24,12 +24,12 @@ from fxopt.passes.editor import GraphEditor
 from fxopt.passes.match import (
     Match,
     Pattern,
-    apply_patterns,
     call_kwargs,
     erase_with_output,
     exclusive,
     main_output,
     param_tensor,
+    run_patterns,
     single_value_user,
 )
 
@@ -190,20 +190,6 @@ CONV_BN = Pattern("fold_bn", frozenset({"conv", "linear"}), frozenset({"batch_no
 BN_CONV = Pattern("fold_bn_input", frozenset({"batch_norm"}), frozenset({"conv", "linear"}), (_consumer_checks,),
                   _fold_into_consumer)
 """eval-mode batch norm followed by a conv (without zero padding) or a linear on (N, C) inputs."""
-
-
-def run_patterns(gm: fx.GraphModule, ctx: PassContext, name: str, patterns: list[Pattern]) -> PassResult:
-    """Apply ``patterns`` to a fixpoint through one editor and return the result with a ``fired`` metric."""
-    editor = GraphEditor(gm, ctx, name)
-    fired = 0
-    while True:
-        skips_before = len(editor.skips)
-        n = apply_patterns(gm, editor, patterns)
-        fired += n
-        if n == 0:
-            break
-        del editor.skips[skips_before:]  # a later round re-checks them; keep the last round's reasons
-    return editor.finish({"fired": fired})
 
 
 @register_pass

@@ -1,8 +1,17 @@
-"""Declarative local rewrites: a pattern of two OpView kinds, the checks that veto it, and the rewrite.
+"""Declarative local rewrites, and the driver that applies them with a round limit.
 
-A ``Pattern`` matches a node of kind ``second`` whose first tensor input is produced by a node of kind
-``first``. Each check returns ``None`` when the rewrite may fire or a reason when it must not; the reasons are
-recorded as ``Skip`` records, so the "when not to fire" cases sit next to the pattern and show up in reports.
+Two kinds of rule, both a match plus the checks that veto it:
+
+- ``Pattern``: a node of kind ``second`` whose first tensor input is produced by a node of kind ``first``, and a
+  rewrite function (batch norm folding, linear merging).
+- ``Replacement``: one node running one of a set of op objects (a module class, a function, an ATen packet, a
+  Tensor method) is replaced by a call of the module ``build`` returns, on the same arguments (module
+  substitution; a subgraph is a module whose ``forward`` is that subgraph).
+
+Each check returns ``None`` when the rewrite may fire or a reason when it must not (inductor's ``extra_check``);
+the reasons are recorded as ``Skip`` records, so the "when not to fire" cases sit next to the rule and show up
+in reports. ``run_patterns`` applies rules round after round until none fires, and stops after ``max_rounds``
+with a note saying so: rules that keep firing on their own output do not hang a pipeline.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import OpView, TensorRef
+from fxopt.passes.base import PassContext, PassResult
 from fxopt.passes.editor import GraphEditor
 
 log = logging.getLogger(__name__)
@@ -207,3 +217,105 @@ def apply_patterns(gm: fx.GraphModule, editor: GraphEditor, patterns: Sequence[P
             fired += 1
             break
     return fired
+
+
+NodeCheck = Callable[[OpView, GraphEditor], "str | None"]
+Build = Callable[[OpView, GraphEditor], torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A one-node rewrite: a call of one of ``ops`` becomes a call of the module ``build(view, editor)`` returns.
+
+    The new module is called with the node's arguments and must compute an output of the same shape and dtype.
+    A ``call_module`` node keeps its target path (the module there is swapped); a function or method call becomes
+    a ``call_module`` of a new submodule named after ``name`` and the node.
+
+    Attributes:
+        name: the rule's name in skips and edits.
+        ops: op objects to match (``op_of``): module classes, functions, ATen overload packets, Tensor methods.
+        build: the replacement module for a matched node (a fresh module per node).
+        checks: vetoes, ``(view, editor) -> reason | None``; the first reason wins and is recorded as a Skip.
+
+    Example:
+        >>> relu_as_threshold = Replacement("relu_threshold", frozenset({nn.ReLU, torch.relu}),
+        ...                                 lambda view, e: nn.Threshold(0.0, 0.0), (not_in_first_layer,))
+        >>> run_patterns(gm, ctx, "swap", [relu_as_threshold])
+    """
+
+    name: str
+    ops: frozenset[Any]
+    build: Build
+    checks: tuple[NodeCheck, ...] = ()
+
+    def veto(self, view: OpView, editor: GraphEditor) -> str | None:
+        """The first check's reason not to fire, or ``None``."""
+        for check in self.checks:
+            reason = check(view, editor)
+            if reason is not None:
+                return reason
+        return None
+
+    def replace(self, view: OpView, editor: GraphEditor) -> None:
+        """Put the built module in place of ``view.node``."""
+        node, module = view.node, self.build(view, editor)
+        if node.op == "call_module":
+            editor.set_submodule(str(node.target), module)
+            return
+        path = f"{self.name}_{node.name}"
+        editor.set_submodule(path, module)
+        new = editor.call("call_module", path, node.args, node.kwargs, before=node)
+        new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "tensor_meta", "stack_trace")})
+        editor.replace_uses(node, new, f"{node.name} replaced by {type(module).__name__} ({self.name})")
+        editor.erase(node)
+
+
+def apply_replacements(gm: fx.GraphModule, editor: GraphEditor, replacements: Sequence[Replacement]) -> int:
+    """Apply ``replacements`` at every matching node, in graph order; return how many fired."""
+    fired = 0
+    for node in list(gm.graph.nodes):
+        if getattr(node, "_erased", False) or node.op not in CALL_OPS:
+            continue
+        op = op_of(node, gm)
+        for rule in replacements:
+            if op not in rule.ops:
+                continue
+            view = REGISTRY.view(node, gm)
+            reason = rule.veto(view, editor)
+            if reason is not None:
+                editor.skip(rule.name, node, reason)
+                continue
+            rule.replace(view, editor)
+            fired += 1
+            break
+    return fired
+
+
+MAX_ROUNDS = 16
+"""Rounds of rewriting ``run_patterns`` does at most before it stops and says so."""
+
+
+def run_patterns(gm: fx.GraphModule, ctx: PassContext, name: str, rules: Sequence[Pattern | Replacement],
+                 max_rounds: int = MAX_ROUNDS) -> PassResult:
+    """Apply ``rules`` round after round through one editor until none fires, at most ``max_rounds`` rounds.
+
+    Returns:
+        The pass's result, with a ``fired`` metric; when the round limit stopped it, a note saying so (the
+        graph is valid, but some rule still matches: usually a rule that fires on its own output).
+    """
+    editor = GraphEditor(gm, ctx, name)
+    patterns = [r for r in rules if isinstance(r, Pattern)]
+    replacements = [r for r in rules if isinstance(r, Replacement)]
+    fired = 0
+    for _ in range(max_rounds):
+        skips_before = len(editor.skips)
+        n = apply_patterns(gm, editor, patterns) + apply_replacements(gm, editor, replacements)
+        fired += n
+        if n == 0:
+            break
+        del editor.skips[skips_before:]  # a later round re-checks them; keep the last round's reasons
+    else:
+        editor.note(f"stopped after {max_rounds} rounds with rules still firing ({fired} rewrites); a rule "
+                    "probably matches its own output: make its checks refuse it")
+        log.warning("%s: stopped after %d rounds of rewriting with rules still firing", name, max_rounds)
+    return editor.finish({"fired": fired})

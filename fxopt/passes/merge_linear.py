@@ -14,8 +14,8 @@ import torch.fx as fx
 
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
-from fxopt.passes.fold_bn import run_patterns, set_bias
-from fxopt.passes.match import Match, Pattern, exclusive, param_tensor, single_user
+from fxopt.passes.fold_bn import set_bias
+from fxopt.passes.match import Match, Pattern, exclusive, param_tensor, run_patterns, single_user
 
 
 def _stored(m: Match, e: GraphEditor) -> str | None:
