@@ -11,8 +11,8 @@ Example:
 
 from fxopt import ops  # noqa: F401  (registers the op rules)
 from fxopt.analysis.analysis import Analysis, analyze
-from fxopt.api import cost, measure, optimize, report
 from fxopt.analysis.groups import FrozenGroup, Group, Member
+from fxopt.api import cost, measure, optimize, report
 from fxopt.errors import AnalysisError, EditError, FxoptError, PassError, PruneError, TraceError
 from fxopt.passes import Pass, PassManager, PassResult, register_pass
 from fxopt.pruning import prune, prune_groups, remove_zero_groups

@@ -22,7 +22,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -347,7 +347,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"fxopt {_version()}")
     common = Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what fxopt does (passes, files) and let torch.compile print its progress")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log what fxopt does (passes, files) and let torch.compile print its progress")
     common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True

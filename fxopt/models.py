@@ -2,9 +2,10 @@
 
 ``torchvision:resnet50``, ``timm:convnext_tiny``, ``hf:gpt2`` name entries of ``fxopt.testing.zoo`` (random
 weights), built for their natural input: 224x224 for ImageNet models (299x299 for Inception v3, the size timm's
-config names for timm models), 16 tokens for the small transformers configs. Anything else of the form ``module:factory`` (or ``path/to/file.py:factory``)
-imports the module and calls ``factory()``, which returns either a module or ``(module, example_inputs)``;
-a bare module needs input shapes (``1x3x224x224``, ``1x16:int64``).
+config names for timm models), 16 tokens for the small transformers configs. Anything else of the form
+``module:factory`` (or ``path/to/file.py:factory``) imports the module and calls ``factory()``, which returns
+either a module or ``(module, example_inputs)``; a bare module needs input shapes (``1x3x224x224``,
+``1x16:int64``).
 """
 
 from __future__ import annotations

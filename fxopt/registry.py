@@ -66,7 +66,8 @@ class Registry(Generic[T]):
 
     def unknown(self, key: object) -> FxoptError:
         """The error for an unknown ``key``: it names the registered keys."""
-        return self.error(f"unknown {self.kind} {key!r}; registered {self.plural}: {', '.join(self.names()) or '(none)'}")
+        known = ", ".join(self.names()) or "(none)"
+        return self.error(f"unknown {self.kind} {key!r}; registered {self.plural}: {known}")
 
     def names(self) -> list[str]:
         """The registered keys as text, sorted."""

@@ -2,10 +2,10 @@
 
 Two front-ends are offered. ``fx`` runs torch.fx symbolic tracing (standard ``torch.nn`` modules stay leaves, so
 the graph keeps ``call_module`` nodes that pruning can resize in place; a custom ``torch.autograd.Function`` stays
-one opaque call, so the captured module keeps its backward and the analysis treats it as a barrier). ``export`` runs non-strict
-``torch.export`` and unlifts the result to a GraphModule of ATen ops with parameters as ``get_attr`` nodes; it
-follows data-dependent Python (transformers, most timm models) that symbolic tracing cannot. ``auto`` tries
-``fx`` and falls back to ``export``, recording which one it used and why in ``gm.meta["fxopt"]``.
+one opaque call, so the captured module keeps its backward and the analysis treats it as a barrier). ``export``
+runs non-strict ``torch.export`` and unlifts the result to a GraphModule of ATen ops with parameters as
+``get_attr`` nodes; it follows data-dependent Python (transformers, most timm models) that symbolic tracing cannot.
+``auto`` tries ``fx`` and falls back to ``export``, recording which one it used and why in ``gm.meta["fxopt"]``.
 
 Shapes are filled by running the graph under a ``FakeTensorMode``: no real compute happens, so a model whose
 parameters live on the meta device (a 7B-shaped config) traces in seconds.
@@ -13,7 +13,6 @@ parameters live on the meta device (a 7B-shaped config) traces in seconds.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import operator
 from collections.abc import Sequence
@@ -26,8 +25,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fxopt.errors import TraceError
-from fxopt.tracers import LeafTracer, ShapeTracer, apply_autograd_function, known_output
 from fxopt.module_state import StateError, check_state_shapes, restore, tensor_attributes, thread_state
+from fxopt.tracers import LeafTracer, ShapeTracer, known_output
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +151,9 @@ def _inline_regions(gm: fx.GraphModule) -> None:
                 if inner.op == "placeholder":
                     continue
                 if inner.op == "output":
-                    outputs = torch.fx.node.map_arg(inner.args[0], lambda n: env[n])
+                    outputs = torch.fx.node.map_arg(inner.args[0], env.__getitem__)
                     continue
-                env[inner] = gm.graph.node_copy(inner, lambda n: env[n])
+                env[inner] = gm.graph.node_copy(inner, env.__getitem__)
         results = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         for user in list(node.users):
             if user.op == "call_function" and user.target is operator.getitem:
@@ -183,7 +182,8 @@ def check_input_count(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders):
         raise TraceError(f"{len(example_inputs)} example inputs for a graph of {type(gm).__name__} that takes "
-                         f"{len(placeholders)} ({', '.join(n.name for n in placeholders)}); pass forward()'s inputs only")
+                         f"{len(placeholders)} ({', '.join(n.name for n in placeholders)}); "
+                         "pass forward()'s inputs only")
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:

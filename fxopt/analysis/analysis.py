@@ -20,7 +20,8 @@ from fxopt.errors import AnalysisError
 from fxopt.ops.facts import Barrier, Facts
 from fxopt.ops.registry import REGISTRY, OpRegistry
 from fxopt.ops.view import PARAM_PREFIX, Axis, output_refs
-from fxopt.trace import Frontend, apply_autograd_function, trace
+from fxopt.trace import Frontend, trace
+from fxopt.tracers import apply_autograd_function
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from fxopt.ops.cost import OpCost, Sizes, default_cost, op_cost, out_numel
 from fxopt.ops.facts import Facts
-from fxopt.ops.forms import aten_ops, bind, function_form, methods, register
+from fxopt.ops.forms import aten_ops, bind, methods, register
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.resize import Resizer
 from fxopt.ops.view import PARAM_PREFIX, Axis, OpView, TensorRef, output_refs, param_ref, ref_of

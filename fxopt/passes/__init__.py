@@ -31,12 +31,12 @@ from fxopt.passes.editor import GraphEditor
 from fxopt.passes.fold_bn import FoldBatchNormInputPass, FoldBatchNormPass
 from fxopt.passes.fuse import FusePass
 from fxopt.passes.hooks import DumpGraphs, Timeline, log_after, log_before
-from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.layout import ChannelsLastPass
 from fxopt.passes.lower import LowerPass
 from fxopt.passes.manager import PassManager, PipelineRun
 from fxopt.passes.merge_linear import MergeLinearPass
 from fxopt.passes.precision import PrecisionPass
+from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.spec import format_pipeline, parse_pass, parse_pipeline
 
 for _optional in ("fxopt.passes.prune", "fxopt.passes.substitute"):

@@ -28,8 +28,8 @@ import torch.fx as fx
 from fxopt.analysis.cost import Roofline
 from fxopt.editor import Edit
 from fxopt.errors import PassError
-from fxopt.registry import Registry
 from fxopt.pruning.calibration import LossFn
+from fxopt.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import torch.fx as fx
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.fold_bn import BN_CONV, CONV_BN
 from fxopt.passes.match import Pattern, run_patterns
-from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.merge_linear import merge_pattern
+from fxopt.passes.siblings import HorizontalFusePass
 
 
 @register_pass

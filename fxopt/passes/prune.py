@@ -24,8 +24,9 @@ from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.verify import shape_inputs
 from fxopt.pruning.config import PruneConfig
-from fxopt.pruning.pruner import prune_graph
 from fxopt.pruning.prune_report import PruneReport
+from fxopt.pruning.pruner import prune_graph
+
 
 @register_pass
 @dataclass(frozen=True)

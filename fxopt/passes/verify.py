@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxopt.errors import PassError, TraceError
 from fxopt.equivalence import TOLERANCES, Difference, compare, tensors_of
+from fxopt.errors import PassError, TraceError
 from fxopt.trace import _flat_inputs, propagate_shapes
 
 

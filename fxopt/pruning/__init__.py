@@ -8,18 +8,18 @@ Example:
 
 from fxopt.pruning.calibration import Calibration
 from fxopt.pruning.config import PruneConfig
-from fxopt.pruning.plan_cost import Cost, CostModel, LatencyModel
 from fxopt.pruning.importance import (
     CRITERIA,
     Criterion,
     ImportanceContext,
     score_groups,
 )
+from fxopt.pruning.plan_cost import Cost, CostModel, LatencyModel
 from fxopt.pruning.planner import GroupDecision
+from fxopt.pruning.prune_report import PruneReport
 from fxopt.pruning.pruner import prune
 from fxopt.pruning.reconstruction import ReaderFix
 from fxopt.pruning.removal import prune_groups
-from fxopt.pruning.prune_report import PruneReport
 from fxopt.pruning.zero_groups import ZeroGroupsReport, remove_zero_groups
 
 __all__ = [

@@ -22,7 +22,6 @@ from fxopt.editor import GraphEditor
 from fxopt.errors import PruneError
 from fxopt.pruning.calibration import Calibration, CalibrationCache, LossFn
 from fxopt.pruning.config import PruneConfig
-from fxopt.pruning.plan_cost import CostModel, LatencyModel
 from fxopt.pruning.importance import (
     CRITERIA,
     Criterion,
@@ -30,10 +29,11 @@ from fxopt.pruning.importance import (
     ScoreFn,
     score_groups,
 )
+from fxopt.pruning.plan_cost import CostModel, LatencyModel
 from fxopt.pruning.planner import GroupDecision, make_plan, module_types, select_groups
+from fxopt.pruning.prune_report import PruneReport
 from fxopt.pruning.reconstruction import reconstruct
 from fxopt.pruning.removal import Removed, copy_sharing_tensors, removal_masks, remove_units
-from fxopt.pruning.prune_report import PruneReport
 from fxopt.pruning.units import graph_inputs, param_count
 from fxopt.trace import propagate_shapes
 

@@ -16,9 +16,9 @@ import torch
 
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.analysis.groups import Group
+from fxopt.equivalence import TOLERANCES, compare, run
 from fxopt.ops.view import PARAM_PREFIX, Axis
 from fxopt.pruning.removal import KeptIndices, copy_sharing_tensors, prune_groups, removal_masks
-from fxopt.equivalence import TOLERANCES, compare, run
 
 
 @dataclass(frozen=True)
