@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -37,8 +38,8 @@ _convolution = function_form(["input", "weight", "bias", "stride", "padding", "d
                               "output_padding", "groups"], ["input"], ["weight", "bias"], {"groups": 1})
 
 
-def _with_transposed(normalize, transposed: bool):  # type: ignore[no-untyped-def]
-    def wrapped(node, gm, kind):  # type: ignore[no-untyped-def]
+def _with_transposed(normalize, transposed: bool):
+    def wrapped(node: fx.Node, gm: fx.GraphModule, kind: str):
         view = normalize(node, gm, kind)
         attrs = dict(view.attrs)
         attrs.setdefault("transposed", transposed)

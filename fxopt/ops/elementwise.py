@@ -52,7 +52,7 @@ NOT_ZERO_PRESERVING = (
 )
 
 
-def _unary_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _unary_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         return module_form(params=())(node, gm, kind)
     first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
@@ -79,13 +79,13 @@ def _keeps_zero(low: object, high: object) -> bool:
     return (low is None or (number(low) and low <= 0)) and (high is None or (number(high) and high >= 0))
 
 
-def _clamp_form(low: str | None, high: str | None,  # type: ignore[no-untyped-def]
+def _clamp_form(low: str | None, high: str | None,
                 defaults: dict[str, object] | None = None):
     """Normalizer for clamp-like ops whose bounds are the arguments named ``low`` and ``high`` (after ``input``):
     zero-preserving only when the bounds contain 0 (``clamp(min=eps)`` is not)."""
     names = ["input", *(n for n in (low, high) if n is not None)]
 
-    def normalize(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+    def normalize(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
         if node.op == "call_module":  # nn.Hardtanh
             module = gm.get_submodule(str(node.target))
             bounds, x = (module.min_val, module.max_val), node.args[0] if node.args else None
@@ -158,7 +158,7 @@ BINARY: dict[str, tuple[ZeroMode, list, list]] = {
 }
 
 
-def binary_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def binary_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     """Normalizer for binary elementwise ops: two operands (a tensor or a scalar each) and ``alpha``."""
     b = bind(node, ["input", "other"])
     a, o = b.get("input"), b.get("other")
@@ -207,13 +207,13 @@ def binary_rule(view: OpView, facts: Facts) -> None:
             facts.zero(out.axis(d), "all", [sa] if sa is not None else [None])
 
 
-def _where_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _where_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     b = bind(node, ["condition", "input", "other"])
     return OpView(node, kind, (ref_of(b.get("condition")), ref_of(b.get("input")), ref_of(b.get("other"))),
                   {}, {}, output_refs(node))
 
 
-def _masked_fill_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _masked_fill_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     b = bind(node, ["input", "mask", "value"])
     return OpView(node, kind, (ref_of(b.get("input")), ref_of(b.get("mask"))), {}, {"value": b.get("value")},
                   output_refs(node))
@@ -244,7 +244,7 @@ def select_rule(view: OpView, facts: Facts) -> None:
                 facts.zero(out.axis(d), "all", [row[0]])
 
 
-def _prelu_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _prelu_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         return module_form(params=("weight",))(node, gm, kind)
     return function_form(["input", "weight"], ["input"], ["weight"])(node, gm, kind)

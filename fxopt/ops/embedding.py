@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -13,7 +14,7 @@ from fxopt.ops.resize import Resizer
 from fxopt.ops.view import OpView, output_refs, param_ref, ref_of
 
 
-def _embedding_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _embedding_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         return OpView(node, kind, (ref_of(node.args[0]),), {"weight": param_ref(str(node.target), "weight", m.weight)},

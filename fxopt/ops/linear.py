@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -43,7 +44,7 @@ def linear_rewrite(view: OpView, resizer: Resizer) -> None:
         resizer.set_module_attr(view, "in_features", in_features)
 
 
-def _addmm_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _addmm_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     from fxopt.ops.forms import bind
     from fxopt.ops.view import output_refs, ref_of
 

@@ -6,6 +6,7 @@ The batch and channel dims pass through (a zero channel stays zero); the spatial
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -32,7 +33,7 @@ POOL_ATEN = aten_ops("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "av
                      "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa")
 
 
-def _first_input(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _first_input(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         return module_form(params=())(node, gm, kind)
     first = node.args[0] if node.args else node.kwargs.get("input")
@@ -57,7 +58,7 @@ def spatial_rule(view: OpView, facts: Facts) -> None:
         facts.freeze(x.axis(d), "spatial dim")
 
 
-def _pad_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _pad_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         return OpView(node, kind, (ref_of(node.args[0]),), {}, {"pad": list(m.padding), "value": m.value},
@@ -111,7 +112,7 @@ def pixel_shuffle_rule(view: OpView, facts: Facts) -> None:
         facts.freeze(t.axis(-2), "spatial dim")
 
 
-def _roll_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _roll_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     b = bind(node, ["input", "shifts", "dims"])
     return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dims": int_list(b.get("dims"))}, output_refs(node))
 

@@ -7,6 +7,7 @@ statistics whose result depends on how many channels there are or on their sign 
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -22,7 +23,7 @@ REDUCTIONS = ["sum", "nansum", "mean", "nanmean", "amax", "amin", "var", "std", 
               "argmax", "argmin", "all", "any", "var_mean", "std_mean", "max", "min", "median", "linalg_vector_norm"]
 
 
-def _reduce_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _reduce_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     b = bind(node, ["input", "dim", "keepdim"])
     name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
     if name in ("max", "min") and ref_of(b.get("dim", b.get("other"))) is not None:
@@ -82,7 +83,7 @@ def reduce_rule(view: OpView, facts: Facts) -> None:
             j += 1
 
 
-def _softmax_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _softmax_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         return OpView(node, kind, (ref_of(node.args[0]),), {}, {"dim": m.dim}, output_refs(node), m)
@@ -111,7 +112,7 @@ def softmax_rule(view: OpView, facts: Facts) -> None:
     facts.sink(x.axis(dim), False, f"{view.node.name} normalizes along this dim")
 
 
-def _topk_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _topk_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
     names = ["input", "k", "dim"] if name == "topk" else ["input", "dim"]
     b = bind(node, names)
@@ -137,7 +138,7 @@ def sort_rule(view: OpView, facts: Facts) -> None:
                 facts.same(out.axis(d), x.axis(d))
 
 
-def _diff_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _diff_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     b = bind(node, ["input", "n", "dim"], {"dim": -1})
     return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", -1)}, output_refs(node))
 
@@ -145,7 +146,7 @@ def _diff_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
 register("sort", [torch.diff] + methods("diff") + aten_ops("diff"), _diff_form)
 
 
-def _normalize_form(node, gm, kind: str) -> OpView:  # type: ignore[no-untyped-def]
+def _normalize_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     b = bind(node, ["input", "p", "dim"], {"dim": 1, "p": 2.0})
     return OpView(node, kind, (ref_of(b.get("input")),), {}, {"dim": b.get("dim", 1), "p": b.get("p", 2.0)},
                   output_refs(node))

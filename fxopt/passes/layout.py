@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from fxopt.analysis.cost import graph_cost
 from fxopt.errors import PassError
+from fxopt.ops.view import OpView
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.match import param_tensor, view_of
@@ -42,8 +43,8 @@ def conv_share(gm: fx.GraphModule, inputs: tuple[object, ...]) -> float:
     return conv / total
 
 
-def _convs_2d(gm: fx.GraphModule) -> list:  # type: ignore[type-arg]
-    found = []
+def _convs_2d(gm: fx.GraphModule) -> list[OpView]:
+    found: list[OpView] = []
     for n in gm.graph.nodes:
         view = view_of(n, gm)
         if view is not None and view.kind == "conv" and view.inputs and view.inputs[0] is not None:

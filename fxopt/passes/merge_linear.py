@@ -15,7 +15,7 @@ import torch.fx as fx
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.fold_bn import set_bias
-from fxopt.passes.match import Match, Pattern, exclusive, param_tensor, run_patterns, single_user
+from fxopt.passes.match import Check, Match, Pattern, exclusive, param_tensor, run_patterns, single_user
 
 
 def _stored(m: Match, e: GraphEditor) -> str | None:
@@ -30,7 +30,7 @@ def _stored(m: Match, e: GraphEditor) -> str | None:
     return None
 
 
-def growth_check(max_growth: float):  # type: ignore[no-untyped-def]
+def growth_check(max_growth: float) -> Check:
     """A check that vetoes merges whose matrix would be larger than ``max_growth`` times the pair."""
 
     def check(m: Match, e: GraphEditor) -> str | None:

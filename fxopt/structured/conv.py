@@ -34,7 +34,7 @@ def conv1x1_weight(conv: ConvNd) -> tuple[torch.Tensor, torch.Tensor | None]:
     name = f"{type(conv).__name__}({conv.in_channels}, {conv.out_channels}, kernel_size={conv.kernel_size})"
     if any(k != 1 for k in conv.kernel_size):
         raise StructureError(f"{name} is not a 1x1 convolution; only 1x1 kernels are linears over channels")
-    zero_padding = conv.padding in ("valid", "same") or all(p == 0 for p in conv.padding)  # type: ignore[union-attr]
+    zero_padding = conv.padding in ("valid", "same") or all(p == 0 for p in conv.padding)
     if conv.groups != 1 or any(s != 1 for s in conv.stride) or not zero_padding:
         raise StructureError(f"{name} has groups={conv.groups}, stride={conv.stride}, padding={conv.padding}; a "
                              f"structured channel linear needs groups=1, stride 1 and no padding (subsample or pad "

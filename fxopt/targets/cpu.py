@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,7 +85,7 @@ def calibrate_cpu(target: Target | None = None, seconds: float = 1.0) -> Target:
     return dataclasses.replace(target, peak_flops=peaks, memory_bandwidth=bandwidth)
 
 
-def _rate(fn, work: float, seconds: float) -> float:  # type: ignore[no-untyped-def]
+def _rate(fn: Callable[[], object], work: float, seconds: float) -> float:
     fn()
     best, start = float("inf"), time.perf_counter()
     while time.perf_counter() - start < seconds:
