@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -185,19 +186,20 @@ class Pattern:
 
     def veto(self, match: Match, editor: GraphEditor) -> str | None:
         """The first check's reason not to fire, or ``None``."""
-        for check in self.checks:
-            reason = check(match, editor)
-            if reason is not None:
-                return reason
-        return None
+        return next((r for r in (check(match, editor) for check in self.checks) if r is not None), None)
+
+
+def live_calls(gm: fx.GraphModule) -> Iterator[fx.Node]:
+    """The call nodes of ``gm`` in graph order, skipping those that rewrites erased on the way."""
+    for node in list(gm.graph.nodes):
+        if not getattr(node, "_erased", False) and node.op in CALL_OPS:
+            yield node
 
 
 def apply_patterns(gm: fx.GraphModule, editor: GraphEditor, patterns: Sequence[Pattern]) -> int:
     """Apply ``patterns`` at every matching node, in graph order; return how many rewrites fired."""
     fired = 0
-    for node in list(gm.graph.nodes):
-        if getattr(node, "_erased", False) or node.op not in CALL_OPS:
-            continue
+    for node in live_calls(gm):
         second = view_of(node, gm)
         if second is None or not second.inputs or second.inputs[0] is None:
             continue
@@ -209,14 +211,19 @@ def apply_patterns(gm: fx.GraphModule, editor: GraphEditor, patterns: Sequence[P
             if first is None or first.kind not in pattern.first:
                 continue
             match = Match(first, second, gm)
-            reason = pattern.veto(match, editor)
-            if reason is not None:
-                editor.skip(pattern.name, node, reason)
-                continue
-            pattern.rewrite(match, editor)
-            fired += 1
-            break
+            if fire(editor, node, pattern.name, pattern.veto(match, editor), partial(pattern.rewrite, match, editor)):
+                fired += 1
+                break
     return fired
+
+
+def fire(editor: GraphEditor, node: fx.Node, rule: str, reason: str | None, rewrite: Callable[[], None]) -> bool:
+    """Run ``rewrite`` unless a check gave a ``reason`` not to, which is then recorded as a Skip of ``rule``."""
+    if reason is not None:
+        editor.skip(rule, node, reason)
+        return False
+    rewrite()
+    return True
 
 
 NodeCheck = Callable[[OpView, GraphEditor], "str | None"]
@@ -250,11 +257,7 @@ class Replacement:
 
     def veto(self, view: OpView, editor: GraphEditor) -> str | None:
         """The first check's reason not to fire, or ``None``."""
-        for check in self.checks:
-            reason = check(view, editor)
-            if reason is not None:
-                return reason
-        return None
+        return next((r for r in (check(view, editor) for check in self.checks) if r is not None), None)
 
     def replace(self, view: OpView, editor: GraphEditor) -> None:
         """Put the built module in place of ``view.node``."""
@@ -273,21 +276,15 @@ class Replacement:
 def apply_replacements(gm: fx.GraphModule, editor: GraphEditor, replacements: Sequence[Replacement]) -> int:
     """Apply ``replacements`` at every matching node, in graph order; return how many fired."""
     fired = 0
-    for node in list(gm.graph.nodes):
-        if getattr(node, "_erased", False) or node.op not in CALL_OPS:
-            continue
+    for node in live_calls(gm):
         op = op_of(node, gm)
         for rule in replacements:
             if op not in rule.ops:
                 continue
             view = REGISTRY.view(node, gm)
-            reason = rule.veto(view, editor)
-            if reason is not None:
-                editor.skip(rule.name, node, reason)
-                continue
-            rule.replace(view, editor)
-            fired += 1
-            break
+            if fire(editor, node, rule.name, rule.veto(view, editor), partial(rule.replace, view, editor)):
+                fired += 1
+                break
     return fired
 
 
