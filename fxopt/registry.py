@@ -16,8 +16,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, ItemsView, Iterator, KeysView, ValuesView
-from typing import Generic, TypeVar, overload
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from typing import Any, Generic, TypeVar, overload
 
 from fxopt.errors import FxoptError
 
@@ -39,20 +39,20 @@ class Registry(Generic[T]):
         self.kind = kind
         self.plural = plural or f"{kind}s"
         self.error = error
-        self.entries: dict[Hashable, T] = {}
+        self.entries: dict[Any, T] = {}
 
-    def register(self, key: Hashable, value: T) -> T:
+    def register(self, key: Any, value: T) -> T:
         """Make ``value`` available as ``key`` (replacing an earlier entry) and return it."""
         self.entries[key] = value
         return value
 
     @overload
-    def get(self, key: Hashable) -> T: ...
+    def get(self, key: Any) -> T: ...
 
     @overload
-    def get(self, key: Hashable, default: D) -> T | D: ...
+    def get(self, key: Any, default: D) -> T | D: ...
 
-    def get(self, key: Hashable, default: object = _MISSING) -> object:
+    def get(self, key: Any, default: object = _MISSING) -> object:
         """The entry for ``key``; ``default`` when it is given and there is none.
 
         Raises:
@@ -82,29 +82,29 @@ class Registry(Generic[T]):
         finally:
             self.entries = saved
 
-    def pop(self, key: Hashable, default: T | None = None) -> T | None:
+    def pop(self, key: Any, default: T | None = None) -> T | None:
         """Remove ``key`` (tests do this inside ``scoped()``) and return its entry, or ``default``."""
         return self.entries.pop(key, default)
 
-    def __getitem__(self, key: Hashable) -> T:
+    def __getitem__(self, key: Any) -> T:
         return self.get(key)
 
-    def __setitem__(self, key: Hashable, value: T) -> None:
+    def __setitem__(self, key: Any, value: T) -> None:
         self.entries[key] = value
 
-    def __delitem__(self, key: Hashable) -> None:
+    def __delitem__(self, key: Any) -> None:
         del self.entries[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self.entries
 
-    def __iter__(self) -> Iterator[Hashable]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def keys(self) -> KeysView[Hashable]:
+    def keys(self) -> KeysView[Any]:
         """The registered keys, in registration order."""
         return self.entries.keys()
 
@@ -112,7 +112,7 @@ class Registry(Generic[T]):
         """The registered entries, in registration order."""
         return self.entries.values()
 
-    def items(self) -> ItemsView[Hashable, T]:
+    def items(self) -> ItemsView[Any, T]:
         """``(key, entry)`` pairs, in registration order."""
         return self.entries.items()
 

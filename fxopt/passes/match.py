@@ -58,7 +58,7 @@ def op_of(node: fx.Node, gm: fx.GraphModule) -> Any:
 
 def call_kwargs(node: fx.Node) -> dict[str, Any] | None:
     """All arguments of a call_function node by parameter name, defaults filled in (``None`` if unknown)."""
-    if node.op != "call_function":
+    if node.op != "call_function" or isinstance(node.target, str):
         return None
     try:
         pair = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)

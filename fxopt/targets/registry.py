@@ -21,7 +21,11 @@ class TargetRegistry:
 
     def register(self, name: str, factory: TargetFactory | Target) -> None:
         """Register a target (or a function building it) under ``name``."""
-        self.factories.register(name, factory if callable(factory) else (lambda t=factory: t))
+        if isinstance(factory, Target):
+            target = factory
+            self.factories.register(name, lambda: target)
+        else:
+            self.factories.register(name, factory)
 
     def get(self, target: str | Target) -> Target:
         """The target named ``target`` (a Target is returned as is).
