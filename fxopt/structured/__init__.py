@@ -27,6 +27,9 @@ Modules: ``base`` (layer base class, structure contract, cost conventions), ``er
 ``blockdiag``, ``monarch``, ``btt``, ``blast`` (one structure each: options, layer, fit), ``blast_fit``
 (BLAST's iterative fit), ``fit`` (the entry point and its report), ``conv`` (1x1 convolutions).
 
+Importing the package registers the layers with fxopt's op registry (``fxopt.ops.structured``): each states where
+its features live in its factors (``factor_layout``), so graphs holding them are analysed and pruned within blocks.
+
 Example:
     >>> from fxopt.structured import Monarch, fit, choose_rank
     >>> w = torch.randn(256, 256)
@@ -35,6 +38,7 @@ Example:
     (True, torch.Size([3, 256]))
 """
 
+from fxopt.ops.structured import register_structured
 from fxopt.structured.base import (
     Approximation,
     Structure,
@@ -56,6 +60,9 @@ from fxopt.structured.fit import Fit, FitReport, choose_rank, error_by_rank, fit
 from fxopt.structured.grid import GridLinear, GridStructure
 from fxopt.structured.lowrank import LowRank, LowRankLinear
 from fxopt.structured.monarch import Monarch, MonarchLinear
+
+register_structured(LowRankLinear, BlockDiagonalLinear, MonarchLinear, BTTLinear, BlastLinear, GridLinear,
+                    ChannelLinear)
 
 __all__ = [
     "BTT", "Approximation", "BTTLinear", "Blast", "BlastLinear", "BlockDiagonal", "BlockDiagonalLinear",
