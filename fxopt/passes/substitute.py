@@ -190,15 +190,15 @@ def layer_row(path: str, choice: Choice, site: Site, timed: str) -> dict[str, An
     """One line of the per-layer table: structure, parameters and FLOPs before and after, error, time."""
     report, tokens = choice.report, site.tokens
     if choice.dense_ms is not None and choice.candidate.measured_ms is not None:
-        time_us = (round(choice.dense_ms * 1e3, 2), round(choice.candidate.measured_ms * 1e3, 2))
+        time_us = (choice.dense_ms * 1e3, choice.candidate.measured_ms * 1e3)
     elif not math.isnan(choice.dense_s):
-        time_us = (round(choice.dense_s * 1e6, 2), round(choice.candidate.predicted_s * 1e6, 2))
+        time_us = (choice.dense_s * 1e6, choice.candidate.predicted_s * 1e6)
     else:
         time_us = None
     return {"layer": path, "structure": choice.candidate.label,
             "params": (report.params_before, report.params_after),
             "flops": (report.flops_before * tokens, report.flops_after * tokens),
-            "error": round(budget_error(report), 5), "time_us": time_us, "timed": timed}
+            "error": budget_error(report), "time_us": time_us, "timed": timed}
 
 
 def _site(kind: str, node: fx.Node, gm: fx.GraphModule, calls: int) -> tuple[str | None, Site | None]:
