@@ -52,8 +52,9 @@ class SubstitutePass(Pass):
             else the relative weight error ``||W - W_fit|| / ||W||``. ``None``: no budget (a size cap sets the rank).
         model_error: whole-model budget: the relative error of the model's outputs on the calibration batches (or
             the example inputs); ``None``: not enforced (the error is still reported).
-        params: keep at most this fraction of each replaced layer's parameters (a cap on the rank).
-        flops: cost at most this fraction of each replaced layer's FLOPs.
+        params: keep at most this fraction of each replaced layer's weight parameters (a cap on the rank; the bias
+            is kept as it is). For every structure here the multiply-adds equal the weight parameters.
+        flops: cost at most this fraction of each replaced layer's FLOPs (bias additions included).
         layers: module names or fnmatch patterns to consider (``("*.fc1", "head")``); empty: every layer.
         min_features: layers with fewer input or output features are left dense (too small to gain).
         blocks: block counts tried for block-diagonal, Monarch and BLAST.

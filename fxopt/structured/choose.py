@@ -102,8 +102,9 @@ class Options:
         structure: a family name (``lowrank``, ``blockdiag``, ``monarch``, ``btt``, ``blast``) or ``auto`` (all).
         max_error: the largest relative error of a layer (output error on calibration data when there is any,
             else weight error); ``None``: no error budget (then a size cap sets the rank).
-        params: the largest fraction of the dense layer's parameters the structure may keep.
-        flops: the largest fraction of the dense layer's FLOPs the structure may cost.
+        params: the largest fraction of the dense weight's parameters the structure's factors may keep (the bias
+            is copied unchanged and not counted).
+        flops: the largest fraction of the dense layer's FLOPs (bias additions included) the structure may cost.
         blocks: the block counts tried for block-diagonal, Monarch and BLAST.
         scaling: the activation scaling of fits with calibration data (``"whiten"`` or ``"rms"``).
         speed_gate: keep a structure only where it is faster than the dense layer.
@@ -228,8 +229,11 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
 
 def _candidates(site: Site, options: Options, stats: InputStats | None, target: Roofline | None, bound: float,
                 refused: Refusals) -> list[Candidate]:
-    """Every structure with its rank settled; a BLAST search is skipped when even rank 1 cannot be the fastest
-    candidate under ``bound`` (the dense time when gating on predictions, BLAST coming last)."""
+    """Every structure with its rank settled.
+
+    BLAST comes last and its rank search fits: when gating on predictions, it only searches ranks fast enough to
+    beat both ``bound`` (the dense time) and the candidates found before it.
+    """
     m, n = site.weight.shape
     found: list[Candidate] = []
     for family in options.families():
@@ -240,13 +244,14 @@ def _candidates(site: Site, options: Options, stats: InputStats | None, target: 
             except StructureError as exc:
                 refused.append(("unsupported", str(exc)))
                 continue
+            fastest = None
             if isinstance(base, Blast) and not options.measure:
-                smallest = _candidate(site, base, target)
-                if _time(smallest) >= min([bound, *map(_time, found)]):
-                    refused.append(("not faster", f"{_family(base, m, n)} at rank 1 {_show_time(smallest)} is not "
-                                                  f"faster than the dense layer or the other candidates"))
+                fastest = _fastest_rank(site, base, target, min([bound, *map(_time, found)]))
+                if fastest < 1:
+                    refused.append(("not faster", f"{_family(base, m, n)} is not faster than the dense layer or "
+                                                  f"the other candidates at any rank"))
                     continue
-            structure = _settle_rank(site, base, options, stats, refused)
+            structure = _settle_rank(site, base, options, stats, refused, fastest)
             if structure is not None:
                 found.append(_candidate(site, structure, target))
     return found
@@ -261,15 +266,26 @@ def _candidate(site: Site, structure: Structure, target: Roofline | None) -> Can
     return Candidate(structure.resolved(m, n), core.num_parameters, core.flops(1), predicted)
 
 
-def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStats | None,
-                 refused: Refusals) -> Structure | None:
-    """``base`` with the rank the budget and caps call for, or ``None`` (the reason appended to ``refused``)."""
+def _fastest_rank(site: Site, base: Blast, target: Roofline | None, limit: float) -> int:
+    """The largest rank at which ``base`` is predicted faster than ``limit`` (0: none; time grows with rank)."""
+    m, n = site.weight.shape
+    low, high = 0, _max_rank(base, m, n) + 1  # faster at low (rank 0: vacuous), not at high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if _time(_candidate(site, dataclasses.replace(base, rank=mid), target)) < limit \
+            else (low, mid)
+    return low
+
+
+def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStats | None, refused: Refusals,
+                 limit: int | None = None) -> Structure | None:
+    """``base`` with the rank the budget and caps call for, at most ``limit`` (a BLAST search's), or ``None``
+    (the reason appended to ``refused``)."""
     m, n = site.weight.shape
     bias = m if site.bias is not None else 0
-    dense_params = m * n + bias
     if not isinstance(base, (GridStructure, Blast)):  # block-diagonal: no rank, one size
-        params = m * n // base.blocks + bias  # type: ignore[attr-defined]
-        over = _over_cap(site, params, 2 * (params - bias) + bias, options)
+        weights = m * n // base.blocks  # type: ignore[attr-defined]
+        over = _over_cap(site, weights, 2 * weights + bias, options)
         if over:
             refused.append((over[0], f"{_family(base, m, n)} keeps {over[1]}"))
             return None
@@ -278,7 +294,7 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
     most = _max_rank(base, m, n)
     cap = min(most, (m * n - 1) // unit)  # a structure must be smaller than the dense layer
     if options.params is not None:
-        cap = min(cap, math.floor((options.params * dense_params - bias) / unit))
+        cap = min(cap, math.floor(options.params * m * n / unit))
     if options.flops is not None:
         cap = min(cap, math.floor((options.flops * (2 * m * n + bias) - bias) / (2 * unit)))
     if cap < 1:
@@ -289,7 +305,7 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
     if options.max_error is None:
         return dataclasses.replace(base, rank=cap)  # type: ignore[type-var]
     if isinstance(base, Blast):
-        return _blast_rank(site, base, options, stats, cap, refused)
+        return _blast_rank(site, base, options, stats, cap if limit is None else min(cap, limit), refused)
     errors = error_by_rank(site.weight, base, activations=stats, scaling=options.scaling)
     within = (errors[1:] <= options.max_error).nonzero()
     need = int(within[0]) + 1 if len(within) else most
@@ -346,7 +362,7 @@ def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats |
             return None
         structure = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n), rank + max(1, rank // 4)))
         bigger = _candidate(site, structure, None)
-        if _over_cap(site, bigger.params, bigger.flops, options):
+        if _over_cap(site, bigger.params - (m if site.bias is not None else 0), bigger.flops, options):
             refused.append(("over budget", f"{_name(structure)} has error {error:.3g} > {options.max_error:g} "
                                            f"at the largest rank the caps allow"))
             return None
@@ -370,11 +386,11 @@ def _max_rank(structure: Structure, m: int, n: int) -> int:
     return min(m // rows, n // cols)
 
 
-def _over_cap(site: Site, params: int, flops: int, options: Options) -> tuple[str, str] | None:
-    """What a structure of this size breaks, as (category, details), or ``None`` when it is within the caps."""
+def _over_cap(site: Site, weights: int, flops: int, options: Options) -> tuple[str, str] | None:
+    """What a structure with ``weights`` factor parameters and ``flops`` per token breaks, as (category,
+    details), or ``None`` when it is smaller than the dense layer and within the caps."""
     m, n = site.weight.shape
-    bias = m if site.bias is not None else 0
-    ratio, flop_ratio = params / (m * n + bias), flops / (2 * m * n + bias)
+    ratio, flop_ratio = weights / (m * n), flops / (2 * m * n + (m if site.bias is not None else 0))
     if ratio >= 1:
         return "no saving", f"{ratio:.2f}x the dense parameters"
     if options.params is not None and ratio > options.params:
