@@ -146,7 +146,7 @@ class Candidate:
     @property
     def label(self) -> str:
         """The structure without its fitting options (``Monarch(blocks=4, rank=12)``)."""
-        return _name(self.structure)
+        return label(self.structure)
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,17 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
 
     Returns:
         The fitted choice, or the refusal with its reason.
+
+    Example:
+        >>> layer = nn.Linear(256, 256)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.randn(256, 8) @ torch.randn(8, 256))
+        >>> site = Site(layer, layer.weight.detach(), layer.bias.detach(), (64, 256))
+        >>> choice = choose(site, Options(structure="lowrank", max_error=0.01, speed_gate=False), None)
+        >>> choice.candidate.label, type(choice.layer).__name__
+        ('LowRank(rank=8)', 'LowRankLinear')
+        >>> choose(site, Options(structure="blockdiag", max_error=0.01, speed_gate=False), None).category
+        'over budget'
     """
     refused: Refusals = []
     dense_s = layer_time(site.dense, site.input_shape, target, site.weight.dtype) if target else math.nan
@@ -216,7 +227,7 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
         faster = [c for c in candidates if _time(c) < dense]
         if not faster:
             best = min(candidates, key=_time)
-            return Refusal("not faster", f"{_name(best.structure)} {_show_time(best)} vs dense "
+            return Refusal("not faster", f"{label(best.structure)} {_show_time(best)} vs dense "
                                          f"{_show_dense(site, dense_s, dense_ms)}{_where(target, options)}")
         candidates = faster
     for candidate in sorted(candidates, key=_time):
@@ -357,13 +368,13 @@ def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats |
         rank = getattr(structure, "rank", None)
         if not isinstance(structure, GridStructure) or rank is None or rank >= _max_rank(structure, m, n) \
                 or result.report.params_after >= result.report.params_before:
-            refused.append(("over budget", f"{_name(structure)} has error {error:.3g} > {options.max_error:g} "
+            refused.append(("over budget", f"{label(structure)} has error {error:.3g} > {options.max_error:g} "
                                            f"after fitting"))
             return None
         structure = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n), rank + max(1, rank // 4)))
         bigger = _candidate(site, structure, None)
         if _over_cap(site, bigger.params - (m if site.bias is not None else 0), bigger.flops, options):
-            refused.append(("over budget", f"{_name(structure)} has error {error:.3g} > {options.max_error:g} "
+            refused.append(("over budget", f"{label(structure)} has error {error:.3g} > {options.max_error:g} "
                                            f"at the largest rank the caps allow"))
             return None
 
@@ -433,8 +444,8 @@ def _where(target: Roofline | None, options: Options) -> str:
     return f" on {target.name}" if target is not None else " (no target: FLOPs compared)"
 
 
-def _name(structure: Structure) -> str:
-    """The structure without its fitting options (``Blast(blocks=4, rank=96)``)."""
+def label(structure: Structure) -> str:
+    """The structure without its fitting options or defaults (``Blast(blocks=4, rank=96)``)."""
     options = ", ".join(f"{f.name}={getattr(structure, f.name)!r}" for f in dataclasses.fields(structure)  # type: ignore[arg-type]
                         if f.name not in structure.fit_options and getattr(structure, f.name) != f.default
                         or f.name == "rank")
