@@ -4,6 +4,7 @@
 has no rule for it, so it is a *barrier*: every dim it touches is frozen and the conv that feeds it cannot be
 pruned. Registering a rule (a normalizer saying which arguments are inputs and parameters, and a ~10-line rule
 stating the facts) makes the conv's channels a prunable, exact group again; the zero-invariance oracle checks it.
+A cost registered beside the rule tells ``fxopt.cost`` and the pruning cost model what the op computes.
 
 Run: python examples/custom_op_rule.py
 """
@@ -15,7 +16,9 @@ import torch.fx
 from torch import nn
 
 import fxopt
-from fxopt.ops import REGISTRY, Facts, OpRegistry, OpView
+from fxopt.analysis.cost import B
+from fxopt.ops import REGISTRY, Facts, OpCost, OpRegistry, OpView, Sizes
+from fxopt.ops.cost import op_cost, out_numel
 from fxopt.ops.forms import function_form
 from fxopt.testing import check_zero_invariance
 from fxopt.testing.zero_invariance import pick_units
@@ -40,7 +43,7 @@ class Net(nn.Module):
 
 
 def register_scale_shift(registry: OpRegistry) -> None:
-    """Teach ``registry`` what ``scale_shift`` does to channels."""
+    """Teach ``registry`` what ``scale_shift`` does to channels and what it costs."""
     registry.register_ops("scale_shift", [scale_shift],
                           function_form(["x", "scale", "shift"], inputs=["x"], params=["scale", "shift"]))
 
@@ -57,6 +60,11 @@ def register_scale_shift(registry: OpRegistry) -> None:
         facts.same(x.axis(1), scale.axis(0))
         facts.same(x.axis(1), shift.axis(0))
         facts.zero(out.axis(1), "all", [x.axis(1), shift.axis(0)])
+
+    @registry.cost("scale_shift")
+    def scale_shift_cost(view: OpView, sizes: Sizes) -> OpCost:
+        """scale_shift: a multiply and an add per output element."""
+        return op_cost(view, sizes, "elementwise", 2 * out_numel(view, sizes))
 
 
 def main() -> None:
@@ -82,6 +90,9 @@ def main() -> None:
         assert small.get_parameter("scale").shape == (8,) and small.conv1.out_channels == 8
         print(f"with the rule: {group!r}; pruned to {small.conv1.out_channels} channels, "
               f"max error vs zeroing {checks[0].max_abs:.1e}")
+        row = next(r for r in fxopt.cost(model, x).rows if r.kind == "scale_shift")
+        assert row.category == "elementwise" and row.flops == 2 * 16 * 8 * 8 * B
+        print(f"its cost: {row.flops} FLOPs, {row.bytes} bytes")
 
 
 if __name__ == "__main__":

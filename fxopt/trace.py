@@ -26,6 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fxopt.errors import TraceError
+from fxopt.tracers import LeafTracer, ShapeTracer, apply_autograd_function, known_output
 from fxopt.module_state import StateError, check_state_shapes, restore, tensor_attributes, thread_state
 
 log = logging.getLogger(__name__)
@@ -37,60 +38,13 @@ Frontend = Literal["auto", "fx", "export"]
 class TraceInfo:
     """How a graph was captured: the front-end used, for ``auto`` why the first choice failed, and the state the
     model keeps between calls that the graph does not (``dropped_state``: attributes ``forward`` reassigns with
-    tensors of another shape)."""
+    tensors of another shape), and whether the graph's sizes are the example's (``specialized``: traced by
+    ``ShapeTracer`` because Python code needed sizes as numbers)."""
 
     frontend: str
     fallback_reason: str | None = None
     dropped_state: tuple[str, ...] = ()
-
-
-_AUTOGRAD_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
-
-
-def apply_autograd_function(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Graph target for a custom ``torch.autograd.Function`` kept opaque by the fx front-end.
-
-    ``name`` is the class's ``module:qualname``; calling ``apply`` keeps the function's own backward. The analysis
-    has no rule for this call: it is a barrier and the dims it touches stay unpruned.
-    """
-    function = _AUTOGRAD_FUNCTIONS.get(name)
-    if function is None:  # a graph loaded in a fresh process: import the class
-        module, _, qualname = name.partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        function = _AUTOGRAD_FUNCTIONS.setdefault(name, obj)
-    return function.apply(*args, **kwargs)
-
-
-class LeafTracer(fx.Tracer):
-    """Symbolic tracer that keeps every module defined in ``torch.nn`` (but not containers) as a leaf, and every
-    custom ``torch.autograd.Function`` as one opaque call (tracing through it would drop its backward)."""
-
-    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        """Standard torch.nn layers are leaves; containers and user/third-party modules are traced through."""
-        if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
-            return False
-        return type(m).__module__.startswith("torch.nn") and type(m).__module__ != "torch.nn.modules.container"
-
-    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
-        """Trace ``root`` with ``torch.autograd.Function.apply`` recording a call node when given proxies."""
-        original = torch.autograd.Function.__dict__["apply"]
-        tracer = self
-
-        def apply(cls: type[torch.autograd.Function], *args: Any, **kwargs: Any) -> Any:
-            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-            if any(isinstance(a, fx.Proxy) and a.tracer is tracer for a in leaves):
-                name = f"{cls.__module__}:{cls.__qualname__}"
-                _AUTOGRAD_FUNCTIONS[name] = cls
-                return tracer.create_proxy("call_function", apply_autograd_function, (name, *args), kwargs)
-            return original.__func__(cls, *args, **kwargs)
-
-        torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
-        try:
-            return super().trace(root, concrete_args)
-        finally:
-            torch.autograd.Function.apply = original  # type: ignore[method-assign]
+    specialized: bool = False
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -101,8 +55,7 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
     return (example_inputs,)
 
 
-def _trace_fx(model: torch.nn.Module) -> fx.GraphModule:
-    tracer = LeafTracer()
+def _trace_fx(model: torch.nn.Module, tracer: LeafTracer) -> fx.GraphModule:
     before = tensor_attributes(model)
     try:
         graph = tracer.trace(model)
@@ -225,6 +178,14 @@ def _is_param(gm: fx.GraphModule, name: str) -> bool:
     return True
 
 
+def check_input_count(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Raise a TraceError when there are more example inputs than the graph has placeholders."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(example_inputs) > len(placeholders):
+        raise TraceError(f"{len(example_inputs)} example inputs for a graph of {type(gm).__name__} that takes "
+                         f"{len(placeholders)} ({', '.join(n.name for n in placeholders)}); pass forward()'s inputs only")
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Fill ``node.meta["val"]`` with fake tensors by running ``gm`` under a FakeTensorMode.
 
@@ -235,12 +196,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     Raises:
         TraceError: naming the node whose shape could not be computed.
     """
+    check_input_count(gm, example_inputs)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(fake_inputs) > len(placeholders):
-        raise TraceError(f"{len(fake_inputs)} example inputs for a graph of {type(gm).__name__} that takes "
-                         f"{len(placeholders)} ({', '.join(n.name for n in placeholders)}); pass forward()'s inputs only")
     prop = _TrackingProp(gm, mode)
     try:
         with mode:
@@ -251,7 +209,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
 
 
 class _TrackingProp(FakeTensorProp):
-    """FakeTensorProp that remembers the node it is running, to name it when it fails."""
+    """FakeTensorProp that remembers the node it is running, to name it when it fails, and knows the output of
+    shape-preserving leaf modules without running them (a fake batch norm decomposes into a dozen ops: it was
+    two thirds of ResNet-50's capture)."""
 
     current: fx.Node | None = None
 
@@ -259,6 +219,12 @@ class _TrackingProp(FakeTensorProp):
         """Run ``n`` under fake tensors, recording it first."""
         self.current = n
         return super().run_node(n)
+
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The output's fake value from its shape alone where that is known (``known_output``); else run it."""
+        module = self.fetch_attr(str(target))
+        known = known_output(module, args, kwargs)
+        return known if known is not None else super().call_module(target, args, kwargs)
 
 
 def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
@@ -294,22 +260,28 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "aut
     failures: list[str] = []
     dropped: tuple[str, ...] = ()
     if frontend in ("auto", "fx"):
-        try:
-            gm = _trace_fx(model)
-            propagate_shapes(gm, _flat_inputs(gm, inputs))
-            check_state_shapes(gm)
-        except Exception as exc:  # symbolic tracing fails in many ways; all of them mean "try export"
-            failures.append(f"fx: {type(exc).__name__}: {_first_line(exc)}")
-            dropped = (exc.attribute,) if isinstance(exc, StateError) else ()
-            log.debug("symbolic tracing failed", exc_info=True)
-            if frontend == "fx":
-                raise TraceError(
-                    f"symbolic tracing of {type(model).__name__} failed ({failures[-1]}); "
-                    "try frontend='export' or 'auto'"
-                ) from exc
-        else:
-            gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx")
+        for sized in (False, True):  # symbolic sizes first; the example's sizes where Python needs numbers
+            tracer = ShapeTracer(inputs) if sized else LeafTracer()
+            try:
+                gm = _trace_fx(model, tracer)
+                if sized and all("val" in n.meta for n in gm.graph.nodes if n.op != "output"):
+                    check_input_count(gm, _flat_inputs(gm, inputs))  # ShapeTracer's graphs already carry values
+                else:
+                    propagate_shapes(gm, _flat_inputs(gm, inputs))
+                check_state_shapes(gm)
+            except Exception as exc:  # symbolic tracing fails in many ways; all of them mean "try the next one"
+                failures.append(f"fx{' with sizes' if sized else ''}: {type(exc).__name__}: {_first_line(exc)}")
+                dropped = (exc.attribute,) if isinstance(exc, StateError) else dropped
+                log.debug("symbolic tracing failed", exc_info=True)
+                if isinstance(exc, StateError):
+                    break  # the example's sizes would not change the state's
+                continue
+            gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx", failures[0] if failures else None,
+                                                                 specialized=sized)
             return gm
+        if frontend == "fx":
+            raise TraceError(f"symbolic tracing of {type(model).__name__} failed ({'; '.join(failures)}); "
+                             "try frontend='export' or 'auto'")
     try:
         gm = _trace_export(model, inputs)
         propagate_shapes(gm, _flat_inputs(gm, inputs))

@@ -4,9 +4,9 @@ Run: python scripts/gen_docs.py            (rewrite both pages)
      python scripts/gen_docs.py --check    (exit 1 if a page is out of date; tests/test_docs.py does this)
 
 The op-rule page lists every op kind of ``fxopt.ops.REGISTRY``: its rule's summary (the first docstring line),
-the rule and rewriter functions, and the op objects registered for it (modules, functions, ATen packets, Tensor
-methods). The pass page lists every pass of ``fxopt.passes.base.PASSES``: its docstring, options with defaults,
-whether it is lossless and what analyses it requires.
+the rule, rewriter and cost functions, and the op objects registered for it (modules, functions, ATen packets,
+Tensor methods). The pass page lists every pass of ``fxopt.passes.base.PASSES``: its docstring, options with
+defaults, whether it is lossless and what analyses it requires.
 """
 
 from __future__ import annotations
@@ -58,33 +58,42 @@ def _function_ref(fn: Any) -> str:
     return f"`{fn.__module__}.{fn.__qualname__}`"
 
 
+def _summary(fn: Any) -> str:
+    """The first docstring line of ``fn``."""
+    return (inspect.getdoc(fn) or "").split("\n", 1)[0]
+
+
 def render_op_rules() -> str:
     """The markdown of docs/op_rules.md."""
     import fxopt  # noqa: F401  (registers the op rules)
     from fxopt.ops import REGISTRY
+    from fxopt.ops.cost import default_cost
 
     ops: dict[str, list[str]] = defaultdict(list)
     for op, spec in REGISTRY.ops.items():
         ops[spec.kind].append(op_label(op))
-    kinds = sorted(set(REGISTRY.rules) | set(ops))
+    kinds = sorted(set(REGISTRY.rules) | set(REGISTRY.costs) | set(ops))
     lines = [
         HEADER,
         "# Op-rule reference",
         "",
         f"{len(kinds)} op kinds, {len(REGISTRY.ops)} registered op objects. Every node is normalized to an "
         "`OpView` of one kind; the kind's channel rule states how the node couples, freezes and zeroes channels, "
-        "and its rewriter (where listed) fixes the node's arguments after channels are removed. An op with no "
-        "rule is a barrier: every dim it touches is frozen and `analysis.barriers` names it. "
+        "its rewriter (where listed) fixes the node's arguments after channels are removed, and its cost gives "
+        "the FLOPs, bytes and op category that `fxopt.cost` and the pruning cost model read. An op with no "
+        "rule is a barrier: every dim it touches is frozen and `analysis.barriers` names it. A kind with no cost "
+        f"costs {_function_ref(default_cost)}: {_summary(default_cost)[0].lower()}{_summary(default_cost)[1:]} "
         "See [writing a custom op rule](custom_op_rule.md) to add one.",
         "",
-        "| kind | what the rule says | ops |",
-        "|---|---|---|",
+        "| kind | what the rule says | cost | ops |",
+        "|---|---|---|---|",
     ]
     for kind in kinds:
         doc = REGISTRY.docs.get(kind, "") or "(no rule: barrier)"
         names = sorted(set(ops.get(kind, ())))
         shown = ", ".join(f"`{n}`" for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        lines.append(f"| [`{kind}`](#{kind}) | {doc.replace('|', '/')} | {shown} |")
+        cost = "yes" if kind in REGISTRY.costs else "default"
+        lines.append(f"| [`{kind}`](#{kind}) | {doc.replace('|', '/')} | {cost} | {shown} |")
     for kind in kinds:
         rule = REGISTRY.rules.get(kind)
         lines += ["", f"## {kind}", ""]
@@ -97,6 +106,9 @@ def render_op_rules() -> str:
         rewriter = REGISTRY.rewriters.get(kind)
         lines.append(f"- rewriter: {_function_ref(rewriter)}" if rewriter is not None
                      else "- rewriter: none (removal leaves the node's arguments as they are)")
+        cost_fn = REGISTRY.costs.get(kind)
+        lines.append(f"- cost: {_function_ref(cost_fn)}: {_summary(cost_fn)}" if cost_fn is not None
+                     else f"- cost: none ({_function_ref(default_cost)})")
         names = sorted(set(ops.get(kind, ())))
         lines.append(f"- {len(names)} ops: " + (", ".join(f"`{n}`" for n in names) or "none"))
     return "\n".join(lines) + "\n"

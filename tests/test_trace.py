@@ -79,7 +79,8 @@ def test_trace_of_data_dependent_control_flow_names_both_frontends():
         fxopt.trace(DataDependent(), torch.randn(3, 4))
     message = str(info.value)
     assert message.startswith("could not capture DataDependent: fx: TraceError: symbolically traced variables "
-                              "cannot be used as inputs to control flow; export: ")
+                              "cannot be used as inputs to control flow; fx with sizes: ")
+    assert "; export: " in message
     assert "data-dependent control flow needs torch.cond or a leaf module" in message
 
 
@@ -192,3 +193,52 @@ def test_export_autocast_off_region_is_inlined_and_its_channels_prune(rig):
 def test_export_autocast_on_region_stays_a_barrier(rig):
     analysis = rig.analyze(_AutocastIsland(enabled=True), torch.randn(3, 4), frontend="export")
     assert [b.node.target.__name__ for b in analysis.barriers] == ["wrap_with_autocast"]
+
+
+class _UnrolledCell(nn.Module):
+    """A hand-written RNN cell unrolled over the sequence: Python needs the length as a number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ih, self.hh, self.fc = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.zeros(x.size(0), 6)
+        for t in range(x.size(1)):
+            h = torch.tanh(self.ih(x[:, t]) + self.hh(h))
+        return self.fc(h)
+
+
+def test_trace_loop_over_a_size_unrolls_in_fx_with_the_examples_sizes(rig):
+    """Issue 15: `for t in range(x.size(1))` stopped symbolic tracing and fell back to export (4+ s at 256 steps)."""
+    model, x = _UnrolledCell(), torch.randn(2, 5, 4)
+    analysis = rig.analyze(model, x)
+    info = analysis.gm.meta["fxopt"]["trace"]
+    assert (info.frontend, info.specialized) == ("fx", True)
+    assert info.fallback_reason == "fx: TypeError: zeros() takes 1 positional argument but 2 were given"
+    assert sum(1 for n in analysis.gm.graph.nodes if n.op == "call_module" and n.target == "hh") == 5
+    zeros = [n for n in analysis.gm.graph.nodes if n.target is torch.zeros]
+    assert len(zeros) == 1 and zeros[0].args == ((2, 6),)  # the initial state stays a factory, not a constant
+    [group] = analysis.groups
+    assert group.exact and all(e < 1e-5 for e in rig.errors(analysis).values())
+    torch.testing.assert_close(analysis.gm(x), model(x))
+    small = rig.prune(analysis, {group: [0, 4]})
+    assert rig.shapes(small)["hh.weight"] == (4, 4)
+
+
+def test_trace_shape_propagation_skips_kernels_of_shape_preserving_layers_but_not_their_errors():
+    class WrongNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(5)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    with pytest.raises(fxopt.TraceError, match="bn"):
+        fxopt.trace(WrongNorm(), torch.randn(1, 3, 4, 4), frontend="fx")
+    gm = fxopt.trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU()).eval(),
+                     torch.randn(1, 3, 4, 4).to(memory_format=torch.channels_last))
+    vals = [n.meta["val"] for n in gm.graph.nodes if n.op == "call_module"]
+    assert all(v.shape == (1, 4, 4, 4) for v in vals)
+    assert vals[1].stride() == vals[0].stride() == vals[2].stride()

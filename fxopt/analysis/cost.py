@@ -1,6 +1,9 @@
 """Cost model: per-node FLOPs and bytes as sympy expressions in the batch size ``B`` and sequence length ``S``,
 and a roofline time per target.
 
+The formulas are the op registry's (``REGISTRY.cost``, one per op kind in ``fxopt.ops``); this module supplies
+the symbolic sizes they read and turns their FLOPs and bytes into time.
+
 Shapes come from re-running the graph under fake tensors whose batch dim (dim 0 of every input) and sequence
 dim (dim 1 of 2-D integer inputs, i.e. token ids) are symbolic, so a node's FLOPs read e.g.
 ``2*B*S**2*768`` for attention scores. Graphs specialized to their example shapes (``torch.export`` output
@@ -8,7 +11,8 @@ has its view sizes baked in) cannot run with other sizes: for them the costs are
 and scale linearly in ``B`` (``CostTable.symbolic`` is False).
 
 Time per node on a target is ``max(flops / (peak(dtype) * efficiency(category)), bytes / bandwidth)`` plus a
-fixed per-op overhead; the model's time is the sum over nodes.
+fixed per-op overhead (``roofline_time``, which the pruning cost model shares); the model's time is the sum over
+nodes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from fxopt.ops.registry import REGISTRY
+from fxopt.ops.cost import Sizes
+from fxopt.ops.registry import REGISTRY, OpRegistry
 from fxopt.ops.view import OpView
 
 log = logging.getLogger(__name__)
@@ -67,27 +72,22 @@ class Roofline(Protocol):
 
 
 B, S = sympy.symbols("B S", positive=True, integer=True)
-VIEW_KINDS = frozenset({"reshape", "permute", "expand", "getitem", "slice", "select", "size_read", "split"})
-ELEMENTWISE = frozenset({"add", "mul", "div", "pow", "unary_zero", "unary_const", "compare", "where",
-                         "masked_fill", "prelu", "spatial", "pad", "normalize", "roll", "pixel_shuffle",
-                         "pixel_unshuffle"})
-NORM_FLOPS = {"batch_norm": 2, "instance_norm": 5, "layer_norm": 5, "group_norm": 5, "rms_norm": 4, "softmax": 5}
-MEMORY_KINDS = frozenset({"cat", "stack", "embedding", "index", "repeat", "like", "factory", "sort"})
-COPY_METHODS = frozenset({"contiguous", "clone", "to", "type_as", "float", "double", "half", "bfloat16", "type",
-                          "detach", "copy_"})
-COPY_ATEN = frozenset({"clone", "_to_copy", "to", "contiguous", "detach", "alias", "lift_fresh_copy", "copy_", "copy"})
 
 
-def is_copy(node: fx.Node) -> bool:
-    """Whether a node only copies or casts its input (memory traffic, no arithmetic)."""
-    if node.op == "call_method":
-        return str(node.target) in COPY_METHODS
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__ in COPY_ATEN
-    return target is torch.clone
+def roofline_time(target: Roofline, category: str, dtype: str, flops: float, nbytes: float) -> float:
+    """Seconds one node takes on ``target``: ``max(compute, memory) + overhead``; views take no time.
 
-
+    Args:
+        target: the hardware (an ``fxopt.targets.Target``, or the pruning cost model's ``LatencyModel``).
+        category: the op category of the node's ``OpCost``; selects the target's efficiency.
+        dtype: short dtype name of the node's output; selects the target's peak.
+        flops: floating-point operations.
+        nbytes: bytes read and written.
+    """
+    if category == "view":
+        return 0.0
+    compute = flops / (target.peak(dtype) * target.efficiency_of(category))
+    return max(compute, nbytes / target.memory_bandwidth) + target.op_overhead_s
 @dataclass(frozen=True)
 class NodeCost:
     """The cost of one node.
@@ -152,15 +152,8 @@ class CostTable:
         if target is None:
             raise ValueError("no target: pass one or build the table with fxopt.cost(..., target=...)")
         subs = self._subs(values)
-        times = []
-        for r in self.rows:
-            if r.category == "view":
-                times.append(0.0)
-                continue
-            f, b = float(r.flops.xreplace(subs)), float(r.bytes.xreplace(subs))
-            compute = f / (target.peak(r.dtype) * target.efficiency_of(r.category))
-            times.append(max(compute, b / target.memory_bandwidth) + target.op_overhead_s)
-        return times
+        return [roofline_time(target, r.category, r.dtype, float(r.flops.xreplace(subs)),
+                              float(r.bytes.xreplace(subs))) for r in self.rows]
 
     def time(self, target: Roofline | None = None, **values: int) -> float:
         """Predicted time of one forward pass on ``target``, in seconds."""
@@ -234,17 +227,7 @@ def symbolic_values(gm: fx.GraphModule, inputs: Sequence[Any]) -> tuple[dict[fx.
     return dict(rec.env), renames
 
 
-# ---------------------------------------------------------------- per-node formulas
-def _numel(shape: Sequence[Any]) -> sympy.Expr:
-    return sympy.Mul(*[_expr(s) for s in shape]) if shape else sympy.Integer(1)
-
-
-def _expr(s: Any) -> sympy.Expr:
-    if isinstance(s, torch.SymInt):
-        return sympy.sympify(s.node.expr)
-    return sympy.Integer(int(s))
-
-
+# ---------------------------------------------------------------- per-node costs
 def _tensors(value: Any) -> list[Any]:
     if isinstance(value, torch.Tensor):
         return [value]
@@ -253,134 +236,31 @@ def _tensors(value: Any) -> list[Any]:
     return []
 
 
-def _short_dtype(value: Any) -> str:
+def short_dtype(value: Any) -> str:
+    """Short dtype name (``"fp32"``, ``"bf16"``, ...) of a node's value: its first tensor's, fp32 by default."""
     ts = _tensors(value)
     return DTYPE_NAMES.get(str(ts[0].dtype).replace("torch.", ""), "fp32") if ts else "fp32"
 
 
-class _Shapes:
-    """Shapes of node values (symbolic where available) and of stored tensors."""
+class _SymbolicSizes(Sizes):
+    """Sizes from the values of a symbolic run where there are some, else from ``node.meta["val"]``."""
 
     def __init__(self, gm: fx.GraphModule, values: Mapping[fx.Node, Any] | None) -> None:
-        self.gm = gm
+        super().__init__(gm)
         self.values = values or {}
 
-    def value(self, node: fx.Node | None) -> Any:
+    def value(self, node: fx.Node) -> Any:
         """The (symbolic) value of ``node``, else its recorded ``meta["val"]``."""
-        if node is None:
-            return None
         if node in self.values:
             return self.values[node]
         return node.meta.get("val")
 
-    def shape(self, ref: Any) -> list[Any]:
-        """Shape of a TensorRef: symbolic for activations, static for stored tensors."""
-        if ref is None:
-            return []
-        if ref.node is not None:
-            v = self.value(ref.node)
-            ts = _tensors(v)
-            if ts:
-                return list(ts[0].shape)
-        return list(ref.shape)
 
-    def nbytes(self, ref: Any) -> sympy.Expr:
-        """Bytes of a TensorRef."""
-        if ref is None:
-            return sympy.Integer(0)
-        v = self.value(ref.node) if ref.node is not None else None
-        ts = _tensors(v)
-        size = ts[0].element_size() if ts else 4
-        return _numel(self.shape(ref)) * size
-
-    def out_numel(self, node: fx.Node) -> sympy.Expr:
-        """Elements of everything ``node`` outputs."""
-        return sympy.Add(*[_numel(t.shape) for t in _tensors(self.value(node))]) if _tensors(
-            self.value(node)) else sympy.Integer(0)
-
-    def out_bytes(self, node: fx.Node) -> sympy.Expr:
-        """Bytes of everything ``node`` outputs."""
-        ts = _tensors(self.value(node))
-        return sympy.Add(*[_numel(t.shape) * t.element_size() for t in ts]) if ts else sympy.Integer(0)
-
-
-def _matmul_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
-    a = sh.shape(view.inputs[0])
-    return 2 * sh.out_numel(view.node) * (_expr(a[-1]) if a else 1)
-
-
-def _conv_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
-    w = sh.shape(view.params.get("weight"))
-    per = _numel(w[1:])
-    base = sh.out_numel(view.node) if not view.attrs.get("transposed") else _numel(sh.shape(view.inputs[0]))
-    return 2 * base * per
-
-
-def _sdpa_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
-    q, k, v = (sh.shape(r) for r in view.inputs[:3])
-    if not (q and k and v):
-        return sh.out_numel(view.node)
-    scores = _numel(q[:-1]) * _expr(k[-2])
-    return 2 * scores * _expr(q[-1]) + 2 * scores * _expr(v[-1]) + 5 * scores
-
-
-def _mha_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
-    q, k = sh.shape(view.inputs[0]), sh.shape(view.inputs[1])
-    e = _expr(q[-1])
-    tokens_q, tokens_k = _numel(q) / e, _numel(k) / e
-    seq_k = _expr(k[1] if view.attrs.get("batch_first") else k[0])
-    return 4 * tokens_q * e * e + 4 * tokens_k * e * e + 4 * tokens_q * seq_k * e
-
-
-def _einsum_flops(view: OpView, sh: _Shapes) -> sympy.Expr:
-    eq = str(view.attrs.get("equation", "")).replace(" ", "")
-    if "->" not in eq or "..." in eq:
-        return 2 * sh.out_numel(view.node)
-    lhs, rhs = eq.split("->")
-    sizes: dict[str, Any] = {}
-    for spec, ref in zip(lhs.split(","), view.inputs, strict=False):
-        for letter, size in zip(spec, sh.shape(ref), strict=False):
-            sizes[letter] = size
-    contracted = [sizes[c] for c in sizes if c not in rhs]
-    return 2 * sh.out_numel(view.node) * _numel(contracted)
-
-
-def node_cost(view: OpView, sh: _Shapes) -> NodeCost:
-    """FLOPs, bytes and category of one node from its OpView and (symbolic) shapes."""
-    kind, node = view.kind, view.node
-    out_n, out_b = sh.out_numel(node), sh.out_bytes(node)
-    act_in = sympy.Add(*[sh.nbytes(r) for r in view.inputs if r is not None and not r.is_param])
-    params = sympy.Add(*[sh.nbytes(r) for r in view.params.values() if r is not None])
-    flops: sympy.Expr = sympy.Integer(0)
-    category = "other"
-    if kind in VIEW_KINDS:
-        return NodeCost(node.name, kind, "view", sympy.Integer(0), sympy.Integer(0), _short_dtype(sh.value(node)))
-    if kind == "conv":
-        groups = int(view.attrs.get("groups", 1) or 1)
-        x = sh.shape(view.inputs[0])
-        depthwise = groups > 1 and x and len(x) > 1 and groups == int(view.inputs[0].shape[1])
-        flops, category = _conv_flops(view, sh) + out_n, "depthwise" if depthwise else "conv"
-    elif kind in ("linear", "matmul", "addmm"):
-        flops, category = _matmul_flops(view, sh) + (out_n if kind != "matmul" else 0), "matmul"
-    elif kind == "einsum":
-        flops, category = _einsum_flops(view, sh), "matmul"
-    elif kind == "sdpa":
-        flops, category = _sdpa_flops(view, sh), "attention"
-    elif kind == "mha":
-        flops, category = _mha_flops(view, sh), "attention"
-    elif kind in NORM_FLOPS:
-        flops, category = NORM_FLOPS[kind] * out_n, "norm"
-    elif kind in ("unary_zero", "unary_const") and is_copy(node):
-        category = "memory"
-    elif kind in ELEMENTWISE or kind == "reduce":
-        base = out_n if kind != "reduce" else _numel(sh.shape(view.inputs[0]))
-        flops, category = base, "elementwise"
-    elif kind in MEMORY_KINDS:
-        category = "memory"
-    else:
-        flops = out_n
-    return NodeCost(node.name, kind, category, sympy.expand(flops), sympy.expand(act_in + params + out_b),
-                    _short_dtype(sh.value(node)))
+def node_cost(view: OpView, sizes: Sizes, registry: OpRegistry = REGISTRY) -> NodeCost:
+    """FLOPs, bytes and category of one node: its kind's registered cost, read with ``sizes``."""
+    c = registry.cost_of(view, sizes)
+    return NodeCost(view.node.name, view.kind, c.category, sympy.expand(c.flops), sympy.expand(c.bytes),
+                    short_dtype(sizes.value(view.node)))
 
 
 def _depends_on_inputs(gm: fx.GraphModule) -> set[fx.Node]:
@@ -432,14 +312,14 @@ def graph_cost(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), target: R
 def _rows(gm: fx.GraphModule, values: Mapping[fx.Node, Any] | None, renames: Mapping[Any, sympy.Symbol],
           bindings: Mapping[str, int]) -> list[NodeCost] | None:
     """Node costs; symbolic when ``values`` are given (None if a stray symbol is left), else linear in B."""
-    sh = _Shapes(gm, values)
+    sizes = _SymbolicSizes(gm, values)
     dep = _depends_on_inputs(gm)
     batch0 = bindings.get("B", 1)
     rows = []
     for n in gm.graph.nodes:
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
-        row = node_cost(REGISTRY.view(n, gm), sh)
+        row = node_cost(REGISTRY.view(n, gm), sizes)
         if values is not None:
             flops, nbytes = _rename(row.flops, renames), _rename(row.bytes, renames)
             if not (flops.free_symbols | nbytes.free_symbols) <= {B, S}:

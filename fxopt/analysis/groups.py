@@ -222,7 +222,9 @@ class ZeroPropagation:
 
         for rule in sorted(rules.values(), key=lambda r: self.order.get(r.node, 0)):
             touching = [s for s in rule.sources if s is not None and touches(s)]
-            if rule.mode == "all":
+            if rule.mode == "always":
+                ok = True
+            elif rule.mode == "all":
                 ok = bool(touching) and None not in rule.sources and all(status(s) for s in touching)
             else:
                 ok = any(status(s) for s in touching)

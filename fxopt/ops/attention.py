@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import operator
 
+import sympy
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import OpCost, Sizes, default_cost, op_cost, out_numel
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, function_form, methods, register
 from fxopt.ops.registry import REGISTRY
@@ -210,3 +212,60 @@ def mha_rule(view: OpView, facts: Facts) -> None:
     """nn.MultiheadAttention as a leaf: it ties embed_dim to heads x head_dim, so every dim it touches is frozen."""
     facts.barrier(view, "nn.MultiheadAttention requires num_heads * head_dim == embed_dim",
                   "trace with frontend='export' to decompose it into prunable linear + attention ops")
+
+
+# ---------------------------------------------------------------- costs
+@REGISTRY.cost("matmul")
+def matmul_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """a @ b: a MAC per output element and element of the contracted dim."""
+    a = view.inputs[0]
+    macs = out_numel(view, sizes) * (sizes.size(a, -1) if a is not None and a.ndim else 1)
+    return op_cost(view, sizes, "matmul", 2 * macs, macs)
+
+
+def _einsum_sizes(view: OpView, sizes: Sizes) -> dict[str, sympy.Expr] | None:
+    """Each letter's size; None when the equation has an ellipsis or an implicit output, or misses an operand."""
+    eq = str(view.attrs.get("equation", "")).replace(" ", "")
+    specs = eq.split("->")[0].split(",")
+    if "->" not in eq or "..." in eq or len(specs) != len(view.inputs):
+        return None
+    letters: dict[str, sympy.Expr] = {}
+    for spec, t in zip(specs, view.inputs):
+        if t is None or len(spec) != t.ndim:
+            return None
+        for d, letter in enumerate(spec):
+            if letter not in letters or t.shape[d] != 1:  # a broadcast operand's size 1 does not count
+                letters[letter] = sizes.size(t, d)
+    return letters
+
+
+@REGISTRY.cost("einsum")
+def einsum_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """einsum: a MAC per combination of its letters' values (per output element when the equation is unclear)."""
+    letters = _einsum_sizes(view, sizes)
+    macs = sympy.Mul(*letters.values()) if letters is not None else out_numel(view, sizes)
+    return op_cost(view, sizes, "matmul", 2 * macs, macs)
+
+
+@REGISTRY.cost("sdpa")
+def sdpa_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """SDPA: q.k scores and the weighted sum of v (a MAC per score and head_dim each), 5 FLOPs per score (softmax)."""
+    q, k, v = view.inputs[:3]
+    if q is None or k is None or v is None:
+        return op_cost(view, sizes, "attention", out_numel(view, sizes))
+    scores = sizes.numel(q, range(q.ndim - 1)) * sizes.size(k, -2)
+    macs = scores * sizes.size(q, -1) + scores * sizes.size(v, -1)
+    return op_cost(view, sizes, "attention", 2 * macs + 5 * scores, macs)
+
+
+@REGISTRY.cost("mha")
+def mha_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """nn.MultiheadAttention: q, k, v and output projections plus the scores and their weighted sum of v."""
+    q, k = view.inputs[0], view.inputs[1]
+    if q is None or k is None:
+        return default_cost(view, sizes)
+    e = sizes.size(q, -1)
+    tokens_q, tokens_k = sizes.numel(q, range(q.ndim - 1)), sizes.numel(k, range(k.ndim - 1))
+    seq_k = sizes.size(k, 1 if view.attrs.get("batch_first") and k.ndim == 3 else 0)
+    macs = 2 * tokens_q * e * e + 2 * tokens_k * e * e + 2 * tokens_q * seq_k * e
+    return op_cost(view, sizes, "attention", 2 * macs, macs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from fxopt.ops.cost import memory_cost, view_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, methods, register
 from fxopt.ops.registry import REGISTRY
@@ -128,3 +129,7 @@ def split_rewrite(view: OpView, resizer: Resizer) -> None:
     else:
         target = torch.split
     resizer.set_args(node, (node.args[0], sizes, dim), {}, target=target)
+
+
+REGISTRY.cost("cat", "stack")(memory_cost)
+REGISTRY.cost("split")(view_cost)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import OpCost, Sizes, default_cost, op_cost, out_numel
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, module_form, register
 from fxopt.ops.registry import REGISTRY
@@ -111,3 +112,18 @@ def conv_rewrite(view: OpView, resizer: Resizer) -> None:
         resizer.set_module_attr(view, "out_channels", w.shape[1] * new_groups if transposed else w.shape[0])
     elif new_groups != groups:
         resizer.set_arg(view, "groups", new_groups)
+
+
+@REGISTRY.cost("conv")
+def conv_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """Conv: a MAC per output position (input position if transposed) and weight fan-in, plus the bias adds."""
+    x, w = view.inputs[0], view.params.get("weight")
+    if x is None or w is None:
+        return default_cost(view, sizes)
+    lead = x if view.attrs.get("transposed", False) else view.out
+    macs = sizes.numel(lead) * sizes.numel(w, range(1, w.ndim))
+    groups = int(view.attrs.get("groups", 1) or 1)
+    channel_dim = 1 if x.ndim == w.ndim else 0
+    category = "depthwise" if groups > 1 and groups == x.shape[channel_dim] else "conv"
+    bias_adds = out_numel(view, sizes) if view.params.get("bias") is not None else 0
+    return op_cost(view, sizes, category, 2 * macs + bias_adds, macs, (sizes.size(w, 0), sizes.size(w, 1)))

@@ -11,9 +11,11 @@ import operator
 from collections.abc import Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import OpCost, Sizes, elementwise_cost, memory_cost
 from fxopt.ops.facts import Facts, ZeroMode
 from fxopt.ops.forms import aten_ops, bind, function_form, methods, module_form, register
 from fxopt.ops.registry import REGISTRY
@@ -267,3 +269,28 @@ def prelu_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``num_parameters`` in step with the sliced slope."""
     if view.module is not None and view.module.weight.shape[0] > 1:
         resizer.set_module_attr(view, "num_parameters", view.module.weight.shape[0])
+
+
+# ---------------------------------------------------------------- costs
+COPY_METHODS = frozenset({"contiguous", "clone", "to", "type_as", "float", "double", "half", "bfloat16", "type",
+                          "detach", "copy_"})
+COPY_ATEN = frozenset({"clone", "_to_copy", "to", "contiguous", "detach", "alias", "lift_fresh_copy", "copy_", "copy"})
+
+
+def is_copy(node: fx.Node) -> bool:
+    """Whether a node only copies or casts its input (memory traffic, no arithmetic)."""
+    if node.op == "call_method":
+        return str(node.target) in COPY_METHODS
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__ in COPY_ATEN
+    return target is torch.clone
+
+
+@REGISTRY.cost("unary_zero", "unary_const")
+def unary_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """Elementwise unary: one FLOP per output element; copies and casts only move memory."""
+    return memory_cost(view, sizes) if is_copy(view.node) else elementwise_cost(view, sizes)
+
+
+REGISTRY.cost("add", "mul", "div", "pow", "compare", "where", "masked_fill", "prelu")(elementwise_cost)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import memory_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, register
 from fxopt.ops.registry import REGISTRY
@@ -44,3 +45,6 @@ def embedding_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``embedding_dim`` in step with the sliced table."""
     if view.module is not None:
         resizer.set_module_attr(view, "embedding_dim", view.module.weight.shape[1])
+
+
+REGISTRY.cost("embedding")(memory_cost)

@@ -19,12 +19,13 @@ import torch.fx as fx
 from fxopt.ops.dims import DimTable
 from fxopt.ops.view import Axis, OpView
 
-ZeroMode = Literal["all", "any"]
+ZeroMode = Literal["all", "any", "always"]
 
 
 @dataclass(frozen=True)
 class ZeroRule:
-    """``out`` is zero for a channel when all (or any) of ``sources`` are; ``None`` is a never-zero operand."""
+    """``out`` is zero for a channel when all (or any) of ``sources`` are; ``None`` is a never-zero operand.
+    ``"always"``: every channel of ``out`` is zero, whatever is pruned (``torch.zeros``)."""
 
     node: fx.Node
     out: Axis

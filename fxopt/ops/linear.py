@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import OpCost, Sizes, default_cost, op_cost, out_numel
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, module_form, register
 from fxopt.ops.registry import REGISTRY
@@ -75,3 +76,15 @@ def addmm_rule(view: OpView, facts: Facts) -> None:
         else:
             srcs.append(None)  # type: ignore[arg-type]
     facts.zero(out.axis(1), "all", srcs)
+
+
+@REGISTRY.cost("linear", "addmm")
+def linear_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """Linear / addmm: a MAC per output element and input feature, plus the bias adds."""
+    w = view.params.get("weight")
+    if w is None:
+        return default_cost(view, sizes)
+    in_features = sizes.size(w, 0 if view.kind == "addmm" else 1)  # addmm's weight is (in, out)
+    n = out_numel(view, sizes)
+    bias_adds = n if view.params.get("bias") is not None else 0
+    return op_cost(view, sizes, "matmul", 2 * n * in_features + bias_adds, n * in_features, sizes.shape(w))

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import OpCost, Sizes, op_cost, out_numel
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, int_list, module_form, register
 from fxopt.ops.registry import REGISTRY
@@ -173,3 +174,13 @@ def group_norm_rewrite(view: OpView, resizer: Resizer) -> None:
         resizer.set_module_attr(view, "num_channels", weight.shape[0] if weight is not None else None)
     elif new_groups != groups:
         resizer.set_arg(view, "num_groups", new_groups)
+
+
+NORM_FLOPS = {"batch_norm": 2, "instance_norm": 5, "layer_norm": 5, "group_norm": 5, "rms_norm": 4}
+"""FLOPs per output element: batch norm in eval mode is a scale and a shift; the others compute statistics."""
+
+
+@REGISTRY.cost(*NORM_FLOPS)
+def norm_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """Normalization: a few FLOPs per output element (``NORM_FLOPS``) plus the memory traffic."""
+    return op_cost(view, sizes, "norm", NORM_FLOPS[view.kind] * out_numel(view, sizes))

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import elementwise_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, module_form, register
 from fxopt.ops.registry import REGISTRY
@@ -130,3 +131,6 @@ def roll_rule(view: OpView, facts: Facts) -> None:
             facts.freeze(out.axis(d), "rolled dim")
         else:
             facts.transfer(out.axis(d), x.axis(d))
+
+
+REGISTRY.cost("spatial", "pad", "pixel_shuffle", "pixel_unshuffle", "roll")(elementwise_cost)

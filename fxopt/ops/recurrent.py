@@ -1,4 +1,5 @@
-"""Recurrent layers: ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` as leaf modules.
+"""Recurrent layers: ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` as leaf modules, and their cells (``nn.RNNCell``,
+``nn.LSTMCell``, ``nn.GRUCell``) called step by step.
 
 The hidden size is one group for the whole module (every layer and direction shares ``hidden_size``). Its members:
 the rows of each gate block of every ``weight_ih``/``weight_hh``/bias (``gates x hidden``, gate outer), the
@@ -15,9 +16,11 @@ hidden state is projected) is a barrier.
 
 from __future__ import annotations
 
+import sympy
 import torch.fx as fx
 import torch.nn as nn
 
+from fxopt.ops.cost import OpCost, Sizes, default_cost, op_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.resize import Resizer
@@ -33,7 +36,7 @@ def _rnn_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     path = str(node.target)
     mod = gm.get_submodule(path)
     hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
-    states = tuple(ref_of(h) for h in (hx if isinstance(hx, (tuple, list)) else (hx,))) if hx is not None else ()
+    states = _state_refs(hx)
     params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
     attrs = {"mode": mod.mode, "hidden_size": mod.hidden_size, "num_layers": mod.num_layers,
              "directions": 2 if mod.bidirectional else 1, "proj_size": getattr(mod, "proj_size", 0),
@@ -42,6 +45,15 @@ def _rnn_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
 
 
 REGISTRY.register_ops("rnn", [nn.RNN, nn.LSTM, nn.GRU], _rnn_form)
+
+
+def _state_refs(hx: object) -> tuple[TensorRef | None, ...]:
+    """The initial state's tensors: none, one, a tuple of nodes, or a node holding a tuple (a cell's (h, c))."""
+    if hx is None:
+        return ()
+    if isinstance(hx, fx.Node) and isinstance(hx.meta.get("val"), (tuple, list)):
+        return output_refs(hx)
+    return tuple(ref_of(h) for h in (hx if isinstance(hx, (tuple, list)) else (hx,)))
 
 
 def _is_zeros(state: TensorRef) -> bool:
@@ -108,6 +120,66 @@ def _batch_first(view: OpView) -> bool:
     return bool(getattr(view.module, "batch_first", False))
 
 
+def _cell_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    path = str(node.target)
+    mod = gm.get_submodule(path)
+    hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    states = _state_refs(hx)
+    params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
+    gates = 4 if isinstance(mod, nn.LSTMCell) else 3 if isinstance(mod, nn.GRUCell) else 1
+    attrs = {"hidden_size": mod.hidden_size, "gates": gates, "path": path, "states_given": hx is not None}
+    return OpView(node, kind, (ref_of(node.args[0]), *states), params, attrs, output_refs(node), mod)
+
+
+REGISTRY.register_ops("rnn_cell", [nn.RNNCell, nn.LSTMCell, nn.GRUCell], _cell_form)
+
+
+@REGISTRY.rule("rnn_cell")
+def rnn_cell_rule(view: OpView, facts: Facts) -> None:
+    """One step of a recurrent cell: the hidden size couples gate blocks, the state it reads and the state it
+    returns (every call of the cell shares it, through the weights); its input features are summed."""
+    x, *states = view.inputs
+    if x is None or (view.attrs["states_given"] and any(s is None for s in states)) or not view.outputs:
+        facts.barrier(view, f"{view.node.name}'s inputs are not plain tensors", "pass tensors")
+        return
+    path = view.attrs["path"]
+    hidden = Axis(f"{path}:hidden", 0, view.attrs["hidden_size"])
+    gates = Axis(f"{path}:gates", 0, view.attrs["gates"])
+    facts.freeze(gates, f"gate blocks of {path}")
+    w_ih, w_hh = view.params["weight_ih"], view.params["weight_hh"]
+    assert w_ih is not None and w_hh is not None
+    rows = [w_ih.axis(0), w_hh.axis(0)] + [b.axis(0) for b in (view.params.get("bias_ih"),
+                                                                 view.params.get("bias_hh")) if b is not None]
+    for r in rows:
+        facts.product([r], [gates, hidden])
+    facts.same(w_hh.axis(1), hidden)
+    facts.same(x.axis(-1), w_ih.axis(1))
+    facts.sink(x.axis(-1), True, f"{view.node.name} sums over its input features")
+    producers: list[Axis | None] = list(rows)
+    for s in states:
+        assert s is not None
+        facts.same(s.axis(-1), hidden)
+        if s.ndim == 2 and x.ndim == 2:
+            facts.same(s.axis(0), x.axis(0))
+        if not _is_zeros(s):
+            producers.append(s.axis(-1))
+    for out in view.outputs:
+        facts.same(out.axis(-1), hidden)
+        if out.ndim == 2 and x.ndim == 2:
+            facts.transfer(out.axis(0), x.axis(0))
+        facts.zero(out.axis(-1), "all", producers)
+
+
+@REGISTRY.rewriter("rnn_cell")
+def rnn_cell_rewrite(view: OpView, resizer: Resizer) -> None:
+    """Keep ``hidden_size`` and ``input_size`` in step with the sliced weights."""
+    hidden = Axis(f"{view.attrs['path']}:hidden", 0, view.attrs["hidden_size"])
+    resizer.set_module_attr(view, "hidden_size", resizer.new_size(hidden))
+    w_ih = view.params["weight_ih"]
+    assert w_ih is not None
+    resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))
+
+
 @REGISTRY.rewriter("rnn")
 def rnn_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``hidden_size`` and ``input_size`` in step with the sliced weights."""
@@ -116,3 +188,20 @@ def rnn_rewrite(view: OpView, resizer: Resizer) -> None:
     w_ih = view.params["weight_ih_l0"]
     assert w_ih is not None
     resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))
+
+
+@REGISTRY.cost("rnn", "rnn_cell")
+def rnn_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """RNN/LSTM/GRU (and one step of their cells): a MAC per time step, batch row and element of every weight
+    matrix, plus the bias adds.
+
+    The gates' nonlinearities and products are left out (a few FLOPs per hidden unit and step, against the
+    ``input + hidden`` MACs per gate row).
+    """
+    x = view.inputs[0]
+    if x is None:
+        return default_cost(view, sizes)
+    tokens = sizes.numel(x, range(x.ndim - 1))
+    weights = sympy.Add(*[sizes.numel(p) for n, p in view.params.items() if p is not None and n.startswith("weight")])
+    biases = sympy.Add(*[sizes.numel(p) for n, p in view.params.items() if p is not None and n.startswith("bias")])
+    return op_cost(view, sizes, "matmul", 2 * tokens * weights + tokens * biases, tokens * weights)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.cost import OpCost, Sizes, elementwise_cost, memory_cost, op_cost, out_numel
 from fxopt.ops.elementwise import binary_form
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
@@ -166,3 +167,20 @@ def normalize_rule(view: OpView, facts: Facts) -> None:
     exact = zero_blind_norm(view.attrs["p"])
     facts.sink(x.axis(dim), exact, f"{view.node.name} divides by the norm over this dim"
                + ("" if exact else ": removing channels changes the norm"))
+
+
+@REGISTRY.cost("reduce")
+def reduce_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """Reduction: one FLOP per input element."""
+    x = view.inputs[0]
+    return op_cost(view, sizes, "elementwise", sizes.numel(x) if x is not None else out_numel(view, sizes))
+
+
+@REGISTRY.cost("softmax")
+def softmax_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """softmax and cumulative ops: 5 FLOPs per output element (max, subtract, exp, sum, divide)."""
+    return op_cost(view, sizes, "norm", 5 * out_numel(view, sizes))
+
+
+REGISTRY.cost("normalize")(elementwise_cost)
+REGISTRY.cost("sort")(memory_cost)

@@ -1,7 +1,8 @@
-"""The op registry: which op objects form which kind, and the channel rule and rewriter of each kind.
+"""The op registry: which op objects form which kind, and each kind's channel rule, rewriter and cost.
 
-Rules are registered on the real op objects (module classes, functions, ATen overload packets, Tensor
-methods), never on strings. ``scoped()`` gives tests a private copy to extend and throws it away afterwards.
+Ops are registered on the real op objects (module classes, functions, ATen overload packets, Tensor methods),
+never on strings; everything fxopt knows about a kind is registered under its name in one place, the family's
+module in ``fxopt.ops``. ``scoped()`` gives tests a private copy to extend and throws it away afterwards.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxopt.ops.cost import CostRule, OpCost, Sizes, default_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.resize import Resizer
 from fxopt.ops.view import OpView, output_refs, ref_of
@@ -32,12 +34,13 @@ class OpSpec:
 
 
 class OpRegistry:
-    """Maps op objects to kinds, and kinds to channel rules and rewriters."""
+    """Maps op objects to kinds, and kinds to channel rules, rewriters and cost functions."""
 
     def __init__(self) -> None:
         self.ops: dict[Any, OpSpec] = {}
         self.rules: dict[str, ChannelRule] = {}
         self.rewriters: dict[str, Rewriter] = {}
+        self.costs: dict[str, CostRule] = {}
         self.docs: dict[str, str] = {}
 
     def register_ops(self, kind: str, ops: Iterable[Any], normalize: Normalizer) -> None:
@@ -68,6 +71,26 @@ class OpRegistry:
 
         return deco
 
+    def cost(self, *kinds: str) -> Callable[[CostRule], CostRule]:
+        """Decorator registering the cost function (FLOPs, bytes, category) of ``kinds``.
+
+        Example:
+            >>> @REGISTRY.cost("scale_shift")
+            ... def scale_shift_cost(view: OpView, sizes: Sizes) -> OpCost:
+            ...     return op_cost(view, sizes, "elementwise", 2 * out_numel(view, sizes))
+        """
+
+        def deco(fn: CostRule) -> CostRule:
+            for kind in kinds:
+                self.costs[kind] = fn
+            return fn
+
+        return deco
+
+    def cost_of(self, view: OpView, sizes: Sizes) -> OpCost:
+        """The cost of a node: its kind's cost function, ``fxopt.ops.cost.default_cost`` for kinds without one."""
+        return self.costs.get(view.kind, default_cost)(view, sizes)
+
     def spec_for(self, node: fx.Node, gm: fx.GraphModule) -> OpSpec | None:
         """The OpSpec of a call node, or ``None`` if its op is unknown."""
         if node.op == "call_module":
@@ -92,11 +115,11 @@ class OpRegistry:
     @contextlib.contextmanager
     def scoped(self) -> Iterator[OpRegistry]:
         """Context in which registrations are private; everything registered inside is dropped at exit."""
-        saved = (dict(self.ops), dict(self.rules), dict(self.rewriters), dict(self.docs))
+        saved = (dict(self.ops), dict(self.rules), dict(self.rewriters), dict(self.costs), dict(self.docs))
         try:
             yield self
         finally:
-            self.ops, self.rules, self.rewriters, self.docs = saved
+            self.ops, self.rules, self.rewriters, self.costs, self.docs = saved
 
 
 def _op_key(op: Any) -> Any:

@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxopt.ops.cost import memory_cost, view_cost
 from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, int_list, methods, register
 from fxopt.ops.registry import REGISTRY
@@ -655,11 +656,16 @@ POSITIONAL = ("arange", "linspace", "eye", "tensor", "scalar_tensor", "as_tensor
 
 @REGISTRY.rule("factory")
 def factory_rule(view: OpView, facts: Facts) -> None:
-    """Constant-valued factories (zeros, ones, full) resize freely; position- or data-valued ones are frozen."""
+    """Constant-valued factories (zeros, ones, full) resize freely, and zeros are zero in every channel;
+    position- or data-valued ones are frozen."""
     if _name(view.node) in POSITIONAL:
         for out in view.outputs:
             for a in out.axes():
                 facts.freeze(a, f"{view.node.name} holds position-dependent values")
+    elif _name(view.node) in ("zeros", "new_zeros"):
+        for out in view.outputs:
+            for a in out.axes():
+                facts.zero(a, "always", ())
 
 
 @REGISTRY.rewriter("factory")
@@ -691,3 +697,8 @@ def like_rule(view: OpView, facts: Facts) -> None:
         return
     for a, b in zip(x.axes(), view.out.axes()):
         facts.same(a, b)
+
+
+# ---------------------------------------------------------------- costs
+REGISTRY.cost("reshape", "permute", "expand", "getitem", "tuple_item", "slice", "select", "size_read")(view_cost)
+REGISTRY.cost("repeat", "like", "factory", "index", "gather")(memory_cost)

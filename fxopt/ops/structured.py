@@ -8,7 +8,8 @@ Each layer says so with a ``FactorLayout`` (its ``factor_layout`` property): the
 output features as axes of its parameters, and which factors cannot change (block counts: removing a block-row of
 one layer would need a grid the structure cannot hold). The rule states the factors with ``product`` facts, so
 removal slices the factors within blocks (``left[:, kept, :]``) and the layer, whose feature counts are read from
-its factors, stays consistent without a rewriter.
+its factors, stays consistent without a rewriter. Its cost is a MAC per token and factor element: for every
+structure here, the factors' size is the multiply-adds per token.
 
 This layer of fxopt cannot import the layer classes (``fxopt.structured`` sits above it): they register themselves
 with ``register_structured`` when ``fxopt.structured`` is imported.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from fxopt.ops.cost import OpCost, Sizes, op_cost, out_numel
 from fxopt.ops.facts import Facts
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.view import Axis, OpView, TensorRef, output_refs, param_ref, ref_of
@@ -121,3 +123,16 @@ def structured_rule(view: OpView, facts: Facts) -> None:
         sources.append(bias.axis(0))
     facts.sink(x_f, True, f"{view.node.name} sums over its input features")
     facts.zero(out_f, "all", sources)
+
+
+@REGISTRY.cost(KIND)
+def structured_cost(view: OpView, sizes: Sizes) -> OpCost:
+    """Structured linear: a MAC per token and factor element (the factors' size is the multiply-adds per token),
+    plus the bias adds."""
+    layout: FactorLayout = view.attrs["layout"]
+    out = view.out
+    tokens = sizes.numel(out) / sizes.size(out, layout.feature_dim)
+    factors = [view.params[name] for name in layout.params() if name != layout.bias]
+    macs = tokens * sum(sizes.numel(f) for f in factors if f is not None)
+    bias_adds = out_numel(view, sizes) if layout.bias and view.params.get(layout.bias) is not None else 0
+    return op_cost(view, sizes, "matmul", 2 * macs + bias_adds, macs)

@@ -48,8 +48,25 @@ class FusePass(Pass):
         if self.linear_chain:
             patterns.append(merge_pattern())
         result = run_patterns(gm, ctx, str(self), patterns)
-        if self.siblings:
+        for _ in range(MAX_ROUNDS if self.siblings else 0):  # sibling fusion can open new chains, and back
             more = HorizontalFusePass().run(gm, ctx)
-            result = result.replace(changed=result.changed or more.changed, edits=result.edits + more.edits,
-                                    skips=result.skips + more.skips, metrics=dict(more.metrics))
+            result = _combined(result, more)
+            if not more.changed:
+                break
+            again = run_patterns(gm, ctx, str(self), patterns)
+            result = _combined(result, again)
+            if not again.changed:
+                break
         return result
+
+
+MAX_ROUNDS = 8
+"""Rounds of pattern fusion and sibling fusion at most (each round must change the graph to go on)."""
+
+
+def _combined(a: PassResult, b: PassResult) -> PassResult:
+    metrics = dict(a.metrics)
+    for key, value in b.metrics.items():
+        metrics[key] = metrics[key] + value if isinstance(value, int) and isinstance(metrics.get(key), int) else value
+    return a.replace(changed=a.changed or b.changed, edits=a.edits + b.edits, skips=a.skips + b.skips,
+                     metrics=metrics)

@@ -2,41 +2,53 @@
 
 Budgets ("keep half the MACs") need the cost of many candidate plans, so the cost is evaluated analytically on
 the analysis' atomic classes instead of rebuilding models: an axis made of atoms ``a1 x a2`` has size
-``kept[a1] * kept[a2]``, a parameter's size is the product of its axes, and a layer's MACs are the product of
-the axes it multiplies over. Evaluating one plan costs a few thousand dictionary lookups.
+``kept[a1] * kept[a2]`` and a parameter's size is the product of its axes. A node's MACs, FLOPs and bytes are
+its op kind's registered cost (``REGISTRY.cost``, the formulas ``fxopt.cost`` uses too) read with these sizes:
+polynomials in the kept counts, compiled once, so evaluating one plan costs a few thousand multiplications.
 
-Latency is predicted per node with a roofline (``max(flops / peak, bytes / bandwidth)``), plus a penalty for
-weighted layers whose channel counts miss the target's alignment (odd widths measured 4-23% slower on CPU).
+Latency is predicted per node with the roofline ``fxopt.cost`` uses (``fxopt.analysis.cost.roofline_time``:
+``max(flops / (peak * efficiency), bytes / bandwidth) + overhead``), times a penalty for layers whose channel
+counts miss the target's alignment (odd widths measured 4-23% slower on CPU).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sympy
 import torch
+import torch.fx as fx
 
 from fxopt.analysis.analysis import Analysis
+from fxopt.analysis.cost import DTYPE_NAMES, roofline_time, short_dtype
 from fxopt.analysis.groups import Group
+from fxopt.ops.cost import CATEGORIES, Sizes
 from fxopt.ops.view import PARAM_PREFIX, TensorRef
 
 AxisTerm = tuple[int, tuple[int, ...]]  # (original size, atoms); atoms empty: the axis never changes size
+Polynomial = tuple[tuple[float, tuple[tuple[int, int], ...]], ...]  # sum of coef * prod(kept[atom] ** power)
 
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """Roofline numbers for latency prediction; ``from_target`` reads them from a Target when one is given.
+    """The roofline latency is predicted with, plus the alignment penalty; a ``Roofline`` itself.
+
+    ``from_target`` reads the numbers from a Target; without one, the defaults stand for a modest CPU.
 
     Attributes:
-        peak_flops: sustained FLOP/s of dense matmuls.
+        peak_flops: dense fp32 FLOP/s, and the peak of every dtype ``peaks`` does not list.
         bandwidth: bytes/s of memory traffic.
         overhead: seconds per op launch.
         alignment: channel multiple the hardware prefers.
-        misaligned_penalty: relative slowdown of a weighted layer whose channel count misses ``alignment``.
-        itemsize: bytes per element.
+        misaligned_penalty: relative slowdown of a layer whose channel count misses ``alignment``.
+        peaks: peak FLOP/s per dtype short name (``"bf16"``, ...).
+        efficiency: achievable fraction of peak per op category; missing categories use 1.0.
+        name: the target's name.
+        device: the target's torch device type.
     """
 
     peak_flops: float = 2e11
@@ -44,19 +56,25 @@ class LatencyModel:
     overhead: float = 2e-6
     alignment: int = 8
     misaligned_penalty: float = 0.15
-    itemsize: int = 4
+    peaks: Mapping[str, float] = field(default_factory=dict, hash=False)
+    efficiency: Mapping[str, float] = field(default_factory=dict, hash=False)
+    name: str = "default"
+    device: str = "cpu"
 
     @staticmethod
     def from_target(target: Any) -> LatencyModel:
-        """Roofline numbers of a ``fxopt.targets`` Target (fp32 peak and efficiency on matmuls, bandwidth, op
-        overhead, channel alignment); defaults for None or a target name."""
+        """Roofline numbers of a ``fxopt.targets`` Target (peaks per dtype, efficiency per op category,
+        bandwidth, op overhead, channel alignment); defaults for None or a target name."""
         if target is None or isinstance(target, str):
             return LatencyModel()
         fields: dict[str, Any] = {}
         peak = getattr(target, "peak", None)
         if callable(peak):
-            eff = getattr(target, "efficiency_of", None)
-            fields["peak_flops"] = float(peak("fp32")) * (float(eff("matmul")) if callable(eff) else 1.0)
+            fields["peak_flops"] = float(peak("fp32"))
+            fields["peaks"] = {d: float(peak(d)) for d in sorted(set(DTYPE_NAMES.values()))}
+        efficiency = getattr(target, "efficiency_of", None)
+        if callable(efficiency):
+            fields["efficiency"] = {c: float(efficiency(c)) for c in CATEGORIES}
         bandwidth = getattr(target, "memory_bandwidth", None)
         if isinstance(bandwidth, (int, float)) and bandwidth > 0:
             fields["bandwidth"] = float(bandwidth)
@@ -66,7 +84,28 @@ class LatencyModel:
         alignment = getattr(target, "alignment", None)
         if callable(alignment):
             fields["alignment"] = max(int(alignment("fp32")), 1)
+        for key in ("name", "device"):
+            if isinstance(getattr(target, key, None), str):
+                fields[key] = getattr(target, key)
         return LatencyModel(**fields)
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """``bandwidth``, under its ``Roofline`` name."""
+        return self.bandwidth
+
+    @property
+    def op_overhead_s(self) -> float:
+        """``overhead``, under its ``Roofline`` name."""
+        return self.overhead
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        """Peak FLOP/s for a dtype short name (``sparse`` is ignored: pruned layers stay dense)."""
+        return float(self.peaks.get(dtype, self.peak_flops))
+
+    def efficiency_of(self, category: str) -> float:
+        """Achievable fraction of peak compute for an op category."""
+        return float(self.efficiency.get(category, 1.0))
 
 
 @dataclass(frozen=True)
@@ -87,9 +126,25 @@ class Cost:
 
 @dataclass(frozen=True)
 class _NodeTerm:
-    macs: tuple[tuple[float, tuple[AxisTerm, ...]], ...]  # sum of coefficient * product of axes
-    tensors: tuple[tuple[AxisTerm, ...], ...]  # every tensor read or written, for memory traffic
-    channels: tuple[AxisTerm, ...]  # weight channel axes checked for alignment
+    category: str
+    dtype: str
+    macs: Polynomial
+    flops: Polynomial
+    bytes: Polynomial
+    aligned: tuple[Polynomial, ...]  # channel counts checked against the alignment
+
+
+class _KeptSizes(Sizes):
+    """Axis sizes as products of one symbol per atomic class, so that a node's cost is a polynomial in kept counts."""
+
+    def __init__(self, model: CostModel) -> None:
+        super().__init__(model.analysis.gm)
+        self.model = model
+
+    def size(self, ref: TensorRef, dim: int) -> sympy.Expr:
+        """The product of the symbols of the axis' atoms, or its fixed size if it has none."""
+        size, atoms = self.model.term(ref.key, dim % ref.ndim, ref.shape[dim])
+        return sympy.Mul(*[self.model.symbol(a) for a in atoms]) if atoms else sympy.Integer(size)
 
 
 class CostModel:
@@ -104,75 +159,58 @@ class CostModel:
         self.analysis = analysis
         self.latency_model = latency or LatencyModel()
         self.sizes: dict[int, int] = {}  # elements per atomic dim the terms below refer to
+        self._symbols: dict[int, sympy.Symbol] = {}
+        self._atoms: dict[sympy.Symbol, int] = {}
         self.params: list[tuple[AxisTerm, ...]] = []
         for name, p in analysis.gm.named_parameters():
-            self.params.append(tuple(self._term(PARAM_PREFIX + name, d, s) for d, s in enumerate(p.shape)))
-        self.nodes: list[_NodeTerm] = [t for n in analysis.gm.graph.nodes if (t := self._node(n)) is not None]
+            self.params.append(tuple(self.term(PARAM_PREFIX + name, d, s) for d, s in enumerate(p.shape)))
+        sizes = _KeptSizes(self)
+        self.nodes: list[_NodeTerm] = [t for n in analysis.gm.graph.nodes if (t := self._node(n, sizes)) is not None]
 
-    def _term(self, key: str, dim: int, size: int) -> AxisTerm:
+    def term(self, key: str, dim: int, size: int) -> AxisTerm:
+        """Axis ``dim`` of tensor ``key`` (of ``size`` elements) as its size and the atomic classes it is made of."""
         dims = self.analysis.dims_of((key, dim))
         for d in dims:
             self.sizes.setdefault(d, self.analysis.size_of(d))
         return (int(size), dims)
 
-    def _axes(self, ref: TensorRef | None, dims: Sequence[int] | None = None) -> tuple[AxisTerm, ...]:
-        if ref is None:
-            return ()
-        ds = range(ref.ndim) if dims is None else [d % ref.ndim for d in dims]
-        return tuple(self._term(ref.key, d, ref.shape[d]) for d in ds)
+    def symbol(self, atom: int) -> sympy.Symbol:
+        """The symbol standing for the kept count of atomic class ``atom`` in node costs."""
+        if atom not in self._symbols:
+            self._symbols[atom] = sympy.Symbol(f"k{atom}", positive=True, integer=True)
+            self._atoms[self._symbols[atom]] = atom
+        return self._symbols[atom]
 
-    def _node(self, node: Any) -> _NodeTerm | None:
+    def _node(self, node: fx.Node, sizes: _KeptSizes) -> _NodeTerm | None:
         if node.op not in ("call_module", "call_function", "call_method"):
             return None
-        view = self.analysis.registry.view(node, self.analysis.gm)
-        outs = [self._axes(o) for o in view.outputs]
-        ins = [self._axes(i) for i in view.inputs if i is not None]
-        params = [self._axes(p) for p in view.params.values() if p is not None]
-        if not outs:
+        registry = self.analysis.registry
+        view = registry.view(node, self.analysis.gm)
+        if not view.outputs:
             return None
-        macs: list[tuple[float, tuple[AxisTerm, ...]]] = []
-        channels: tuple[AxisTerm, ...] = ()
-        w = view.params.get("weight")
-        x = view.inputs[0] if view.inputs else None
-        out = view.outputs[0]
-        if view.kind == "linear" and w is not None:
-            macs.append((1.0, self._axes(out) + self._axes(w, [1])))
-            channels = self._axes(w)
-        elif view.kind == "addmm" and w is not None:
-            macs.append((1.0, self._axes(out) + self._axes(w, [0])))
-            channels = self._axes(w)
-        elif view.kind == "conv" and w is not None and x is not None:
-            lead = x if view.attrs.get("transposed", False) else out
-            macs.append((1.0, self._axes(lead) + self._axes(w, range(1, w.ndim))))
-            channels = self._axes(w, [0, 1])
-        elif view.kind == "matmul" and x is not None:
-            macs.append((1.0, self._axes(out) + self._axes(x, [-1])))
-        elif view.kind == "sdpa" and x is not None and view.inputs[1] is not None and view.inputs[2] is not None:
-            k, v = view.inputs[1], view.inputs[2]
-            macs.append((1.0, self._axes(x) + self._axes(k, [-2])))
-            macs.append((1.0, self._axes(x, range(x.ndim - 1)) + self._axes(k, [-2]) + self._axes(v, [-1])))
-        elif view.kind == "einsum":
-            macs.extend(self._einsum(view))
-        elif view.kind == "mha" and x is not None:
-            tokens = self._axes(x, range(x.ndim - 1))
-            for p in params:
-                macs.append((1.0, tokens + p))
-        tensors = tuple(outs + ins + params)
-        return _NodeTerm(tuple(macs), tensors, channels)
+        c = registry.cost_of(view, sizes)
+        return _NodeTerm(c.category, short_dtype(node.meta.get("val")), self._polynomial(node, c.macs),
+                         self._polynomial(node, c.flops), self._polynomial(node, c.bytes),
+                         tuple(self._polynomial(node, a) for a in c.aligned))
 
-    def _einsum(self, view: Any) -> list[tuple[float, tuple[AxisTerm, ...]]]:
-        eq = str(view.attrs.get("equation", "")).replace(" ", "")
-        if "->" not in eq or "..." in eq:
-            return []
-        specs = eq.split("->")[0].split(",")
-        seen: dict[str, AxisTerm] = {}
-        for spec, t in zip(specs, view.inputs):
-            if t is None or len(spec) != t.ndim:
-                return []
-            for d, letter in enumerate(spec):
-                if letter not in seen or seen[letter][0] == 1:
-                    seen[letter] = self._term(t.key, d, t.shape[d])
-        return [(1.0, tuple(seen.values()))]
+    def _polynomial(self, node: fx.Node, expr: sympy.Expr) -> Polynomial:
+        """``expr`` as a sum of coefficients times products of kept counts (integer powers)."""
+        terms = []
+        for monomial, coef in sympy.expand(expr).as_coefficients_dict().items():
+            powers = {b: e for b, e in monomial.as_powers_dict().items() if b != 1}
+            if not all(b in self._atoms and e.is_Integer for b, e in powers.items()):
+                raise ValueError(f"the cost of {node.name} is not a polynomial in its tensors' sizes: {expr}")
+            terms.append((float(coef), tuple((self._atoms[b], int(e)) for b, e in powers.items())))
+        return tuple(terms)
+
+    @staticmethod
+    def _value(poly: Polynomial, kept: Mapping[int, int]) -> float:
+        total = 0.0
+        for coef, atoms in poly:
+            for atom, power in atoms:
+                coef *= kept[atom] ** power
+            total += coef
+        return total
 
     @staticmethod
     def _size(term: AxisTerm, kept: Mapping[int, int]) -> int:
@@ -209,10 +247,9 @@ class CostModel:
         macs = 0.0
         seconds = 0.0
         for node in self.nodes:
-            node_macs = sum(coef * self._prod(terms, k) for coef, terms in node.macs)
-            moved = sum(self._prod(t, k) for t in node.tensors) * lm.itemsize
-            t = max(2.0 * node_macs / lm.peak_flops, moved / lm.bandwidth) + lm.overhead
-            if node.channels and lm.alignment > 1 and any(self._size(c, k) % lm.alignment for c in node.channels):
+            node_macs = self._value(node.macs, k)
+            t = roofline_time(lm, node.category, node.dtype, self._value(node.flops, k), self._value(node.bytes, k))
+            if lm.alignment > 1 and any(round(self._value(c, k)) % lm.alignment for c in node.aligned):
                 t *= 1.0 + lm.misaligned_penalty
             macs += node_macs
             seconds += t

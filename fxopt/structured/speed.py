@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from fxopt.analysis.cost import DTYPE_NAMES, CostTable, NodeCost, Roofline
+from fxopt.analysis.cost import DTYPE_NAMES, NodeCost, Roofline, roofline_time
 
 aten = torch.ops.aten
 
@@ -115,4 +116,5 @@ def forward_ops(module: torch.nn.Module, input_shape: Sequence[int],
 def layer_time(module: torch.nn.Module, input_shape: Sequence[int], target: Roofline,
                dtype: torch.dtype = torch.float32) -> float:
     """Predicted seconds of one forward of ``module`` on ``target`` (the roofline of ``forward_ops``)."""
-    return CostTable(forward_ops(module, input_shape, dtype), target=target).time()
+    return math.fsum(roofline_time(target, op.category, op.dtype, float(op.flops), float(op.bytes))
+                     for op in forward_ops(module, input_shape, dtype))

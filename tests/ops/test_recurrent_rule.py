@@ -111,3 +111,28 @@ def test_lstm_prunes_through_prune_at_half(rig):
     assert report.params_after < 0.5 * report.params_before
     assert small.get_submodule("rnn").hidden_size == 4
     assert small(x).shape == model(x).shape
+
+
+class UnrolledCell(nn.Module):
+    def __init__(self, cls: type[nn.RNNCellBase]) -> None:
+        super().__init__()
+        self.cell, self.fc, self.is_lstm = cls(6, 8), nn.Linear(8, 3), cls is nn.LSTMCell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.size(0), 8)
+        state = (h, torch.zeros(x.size(0), 8)) if self.is_lstm else h
+        for t in range(x.size(1)):
+            state = self.cell(x[:, t], state)
+        return self.fc(state[0] if self.is_lstm else state)
+
+
+@pytest.mark.parametrize("cls", [nn.RNNCell, nn.LSTMCell, nn.GRUCell], ids=lambda c: c.__name__)
+def test_recurrent_cells_unrolled_share_one_exact_hidden_group(rig, cls):
+    a = rig.analyze(UnrolledCell(cls), torch.randn(2, 4, 6))
+    assert a.barriers == [] and a.gm.meta["fxopt"]["trace"].frontend == "fx"
+    [group] = a.groups
+    assert group.size == 8 and group.exact and all(e < 1e-5 for e in rig.errors(a).values())
+    small = rig.prune(a, {group: [2, 7]})
+    gates = {nn.RNNCell: 1, nn.LSTMCell: 4, nn.GRUCell: 3}[cls]
+    assert rig.shapes(small)["cell.weight_hh"] == (gates * 6, 6)
+    assert small.get_submodule("cell").hidden_size == 6

@@ -115,3 +115,12 @@ def test_channel_linear_prunes_conv_channels_through_dim_1(rig) -> None:
     small = rig.prune(a, {out: range(10), rig.group(a, "a.weight/0"): range(6)})
     assert {k: tuple(v.shape) for k, v in small.b.state_dict().items()} == {
         "linear.u": (14, 4), "linear.v": (4, 10), "linear.bias": (14,)}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_structured_layer_costs_its_factors_multiply_adds(name: str) -> None:
+    x = torch.randn(5, 24)
+    gm = _with_b(LAYERS[name][0], x)
+    (row,) = [r for r in fxopt.cost(gm, x, symbolic=False).rows if r.node == "b"]
+    assert (row.kind, row.category) == ("structured_linear", "matmul")
+    assert float(row.flops) == gm.b.flops(5)  # 2 MACs per token and factor element, plus the bias adds

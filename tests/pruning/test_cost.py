@@ -47,3 +47,19 @@ def test_latency_model_reads_target_fields() -> None:
     lm = LatencyModel.from_target(get_target("cpu"))
     assert lm.peak_flops > 0 and lm.bandwidth > 0 and lm.alignment >= 1
     assert LatencyModel.from_target(None) == LatencyModel()
+
+
+def test_cost_model_counts_an_attention_leaf_like_its_decomposition() -> None:
+    class SelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    model, x = SelfAttention().eval(), torch.randn(2, 12, 16)
+    leaf = fxopt.analyze(model, x, frontend="fx")
+    assert [b.node.name for b in leaf.barriers] == ["mha"]
+    decomposed = fxopt.analyze(model, x, frontend="export")
+    assert CostModel(leaf).evaluate().macs == CostModel(decomposed).evaluate().macs

@@ -70,3 +70,10 @@ def test_cost_api_table_text_lists_the_expensive_nodes() -> None:
     text = table.to_text(top=2)
     assert "predicted on h100" in text and text.count("\n") == 6
     assert table.target is not None and table.time() > 0
+
+
+def test_cost_bias_adds_count_only_with_a_bias() -> None:
+    x = torch.randn(2, 8)
+    for bias in (True, False):
+        table = graph_cost(fxopt.trace(nn.Linear(8, 4, bias=bias), (x,)), (x,))
+        assert table.flops() == 2 * (2 * 8 * 4 + (4 if bias else 0))
