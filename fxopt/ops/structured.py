@@ -62,11 +62,6 @@ class FactorLayout:
     bias: str | None = "bias"
     feature_dim: int = -1
 
-    def params(self) -> list[str]:
-        """The parameter names the layout refers to, in order, without repeats."""
-        names = [f.param for f in (*self.inputs, *self.outputs)] + ([self.bias] if self.bias else [])
-        return list(dict.fromkeys(names))
-
     def prefixed(self, prefix: str, feature_dim: int) -> FactorLayout:
         """The same layout seen from a wrapper that holds the layer at ``prefix`` (``"linear."``)."""
 
@@ -78,15 +73,14 @@ class FactorLayout:
 
 
 def _structured_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
-    """The OpView of a call to a structured layer: its input, its layout's parameters, the layout as attribute."""
+    """The OpView of a call to a structured layer: its input, every parameter (by name: ``"left"``, ``"linear.u"``),
+    the layout as attribute."""
     path = str(node.target)
     module = gm.get_submodule(path)
-    layout: FactorLayout = module.factor_layout
-    params: dict[str, TensorRef | None] = {}
-    for name in layout.params():
-        tensor = module.get_parameter(name)
-        params[name] = param_ref(path, name, tensor if isinstance(tensor, torch.Tensor) else None)
-    return OpView(node, kind, (ref_of(node.args[0]),), params, {"layout": layout}, output_refs(node), module)
+    params: dict[str, TensorRef | None] = {name: param_ref(path, name, tensor)
+                                           for name, tensor in module.named_parameters()}
+    return OpView(node, kind, (ref_of(node.args[0]),), params, {"layout": module.factor_layout}, output_refs(node),
+                  module)
 
 
 def register_structured(*classes: type[torch.nn.Module]) -> None:
@@ -132,7 +126,7 @@ def structured_cost(view: OpView, sizes: Sizes) -> OpCost:
     layout: FactorLayout = view.attrs["layout"]
     out = view.out
     tokens = sizes.numel(out) / sizes.size(out, layout.feature_dim)
-    factors = [view.params[name] for name in layout.params() if name != layout.bias]
-    macs = tokens * sum(sizes.numel(f) for f in factors if f is not None)
-    bias_adds = out_numel(view, sizes) if layout.bias and view.params.get(layout.bias) is not None else 0
+    factors = [ref for name, ref in view.params.items() if name != layout.bias and ref is not None]
+    macs = tokens * sum(sizes.numel(f) for f in factors)
+    bias_adds = out_numel(view, sizes) if layout.bias is not None else 0
     return op_cost(view, sizes, "matmul", 2 * macs + bias_adds, macs)

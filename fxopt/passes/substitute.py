@@ -32,7 +32,15 @@ from fxopt.passes.editor import GraphEditor
 from fxopt.passes.match import exclusive, view_of
 from fxopt.pruning.calibration import Calibration, eval_mode
 from fxopt.structured.calibration import SCALINGS, InputStats
-from fxopt.structured.choose import FAMILIES, Choice, Options, Refusal, Site, budget_error, choose
+from fxopt.structured.choose import (
+    FAMILIES,
+    Choice,
+    Options,
+    Refusal,
+    Site,
+    budget_error,
+    choose,
+)
 from fxopt.structured.conv import conv1x1_weight
 from fxopt.structured.errors import StructureError
 
