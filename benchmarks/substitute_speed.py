@@ -46,7 +46,8 @@ def structures(m: int, n: int) -> dict[str, Structure]:
     }
 
 
-def row(m: int, n: int, tokens: int, device: str, dtype: torch.dtype, target: Any, rounds: int) -> list[dict[str, Any]]:
+def row(m: int, n: int, tokens: int, device: str, dtype: torch.dtype, target: Any,
+        rounds: int) -> list[dict[str, Any]]:
     """Measured and predicted ratios of every structure against the dense layer at one shape and token count."""
     dense = nn.Linear(n, m, device=device, dtype=dtype)
     layers = {name: s.build(m, n, device=device, dtype=dtype) for name, s in structures(m, n).items()}
@@ -57,7 +58,8 @@ def row(m: int, n: int, tokens: int, device: str, dtype: torch.dtype, target: An
     for name, layer in layers.items():
         flop_ratio = layer.flops(tokens) / layer.dense_flops(tokens)
         time_ratio = timed.ratio("dense", name)
-        out.append({"shape": f"{m}x{n}", "tokens": tokens, "structure": label(layer.structure), "flop_ratio": flop_ratio,
+        out.append({"shape": f"{m}x{n}", "tokens": tokens, "structure": label(layer.structure),
+                    "flop_ratio": flop_ratio,
                     "measured_ratio": time_ratio, "realised": (1 - time_ratio) / (1 - flop_ratio),
                     "predicted_ratio": layer_time(layer, (tokens, n), target, dtype) / dense_s,
                     "dense_ms": timed["dense"].median_ms, "reliable": timed.reliable})
@@ -75,8 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     target = get_target(args.target or ("cpu" if args.device == "cpu" else "h200"))
     dtype = DTYPES[args.dtype]
-    print(f"{args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{torch.get_num_threads()} threads'}),"
-          f" {args.dtype}; predicted on {target.describe()}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{args.device} ({where}), {args.dtype}; predicted on {target.describe()}")
     print(f"{'shape':>9} {'tokens':>6} {'structure':34} {'FLOPs':>6} {'measured':>8} {'realised':>8} "
           f"{'predicted':>9} {'dense ms':>9}")
     rows = []

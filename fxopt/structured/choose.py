@@ -215,6 +215,7 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
     """
     refused: Refusals = []
     dense_s = layer_time(site.dense, site.input_shape, target, site.weight.dtype) if target else math.nan
+    # the predicted dense time a candidate must beat (not when measuring: measured times are taken once, below)
     bound = _dense_time(site, dense_s) if options.speed_gate and not options.measure else math.inf
     candidates = _candidates(site, options, stats, target, bound, refused)
     if not candidates:
@@ -231,7 +232,7 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
                                          f"{_show_dense(site, dense_s, dense_ms)}{_where(target, options)}")
         candidates = faster
     for candidate in sorted(candidates, key=_time):
-        done = _fit(site, candidate, options, stats, refused)
+        done = _fit(site, candidate, options, stats, target, bound, refused)
         if done is not None:
             layer, report, fitted = done
             return Choice(layer, report, fitted, dense_s, dense_ms)
@@ -353,29 +354,29 @@ def _blast_rank(site: Site, base: Blast, options: Options, stats: InputStats | N
     return dataclasses.replace(base, rank=high)
 
 
-def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats | None,
-         refused: Refusals) -> tuple[nn.Module, FitReport, Candidate] | None:
-    """Fit the candidate; grow a grid's rank while the output error on the data exceeds the budget."""
-    structure = candidate.structure
+def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats | None, target: Roofline | None,
+         bound: float, refused: Refusals) -> tuple[nn.Module, FitReport, Candidate] | None:
+    """Fit the candidate; grow a grid's rank while the output error on the data exceeds the budget, as long as the
+    larger layer stays within the caps and (predicted) faster than ``bound``."""
     m, n = site.weight.shape
     while True:
-        result = fit(site.weight, structure, site.bias, activations=stats, scaling=options.scaling)
+        result = fit(site.weight, candidate.structure, site.bias, activations=stats, scaling=options.scaling)
         error = budget_error(result.report)
         if options.max_error is None or error <= options.max_error:
-            fitted = candidate if structure == candidate.structure else dataclasses.replace(
-                candidate, structure=structure, params=result.layer.num_parameters, flops=result.layer.flops(1))
-            return site.wrap(result.layer), result.report, fitted
-        rank = getattr(structure, "rank", None)
-        if not isinstance(structure, GridStructure) or rank is None or rank >= _max_rank(structure, m, n) \
-                or result.report.params_after >= result.report.params_before:
-            refused.append(("over budget", f"{label(structure)} has error {error:.3g} > {options.max_error:g} "
-                                           f"after fitting"))
+            return site.wrap(result.layer), result.report, candidate
+        failed = f"{candidate.label} has error {error:.3g} > {options.max_error:g} after fitting"
+        structure = candidate.structure
+        if not isinstance(structure, GridStructure) or structure.rank >= _max_rank(structure, m, n):
+            refused.append(("over budget", failed))
             return None
-        structure = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n), rank + max(1, rank // 4)))
-        bigger = _candidate(site, structure, None)
-        if _over_cap(site, bigger.params - (m if site.bias is not None else 0), bigger.flops, options):
-            refused.append(("over budget", f"{label(structure)} has error {error:.3g} > {options.max_error:g} "
-                                           f"at the largest rank the caps allow"))
+        bigger = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n),  # type: ignore[type-var]
+                                                         structure.rank + max(1, structure.rank // 4)))
+        candidate = _candidate(site, bigger, target)
+        if _over_cap(site, candidate.params - (m if site.bias is not None else 0), candidate.flops, options):
+            refused.append(("over budget", f"{failed}; a larger rank breaks the caps or saves nothing"))
+            return None
+        if _time(candidate) >= bound:
+            refused.append(("not faster", f"{failed}; {candidate.label} is not faster than the dense layer"))
             return None
 
 
@@ -446,16 +447,17 @@ def _where(target: Roofline | None, options: Options) -> str:
 
 def label(structure: Structure) -> str:
     """The structure without its fitting options or defaults (``Blast(blocks=4, rank=96)``)."""
-    options = ", ".join(f"{f.name}={getattr(structure, f.name)!r}" for f in dataclasses.fields(structure)  # type: ignore[arg-type]
-                        if f.name not in structure.fit_options and getattr(structure, f.name) != f.default
-                        or f.name == "rank")
+    fields = dataclasses.fields(structure)  # type: ignore[arg-type]  # structures are dataclasses
+    options = ", ".join(f"{f.name}={getattr(structure, f.name)!r}" for f in fields if f.name == "rank" or (
+        f.name not in structure.fit_options and getattr(structure, f.name) != f.default))
     return f"{type(structure).__name__}({options})"
 
 
 def _family(structure: Structure, m: int, n: int) -> str:
     """The structure without its rank, shape options explicit (``Monarch(blocks=4)``, ``BTT(m1=16, n0=16)``)."""
     resolved = structure.resolved(m, n)
-    options = ", ".join(f"{f.name}={getattr(resolved, f.name)!r}" for f in dataclasses.fields(resolved)  # type: ignore[arg-type]
+    fields = dataclasses.fields(resolved)  # type: ignore[arg-type]  # structures are dataclasses
+    options = ", ".join(f"{f.name}={getattr(resolved, f.name)!r}" for f in fields
                         if f.name not in ("rank", "shuffle", *resolved.fit_options))
     return f"{type(resolved).__name__}({options})" if options else type(resolved).__name__
 
