@@ -139,7 +139,8 @@ def known_output(module: torch.nn.Module, args: Sequence[Any], kwargs: dict[str,
     """A leaf module's output as fresh (fake) tensors built from its input's shape, or None to run the module.
 
     Running a fake batch norm, linear or recurrent cell decomposes it into a dozen ops (two thirds of ResNet-50's
-    capture, nearly all of an unrolled RNN's); their outputs' shapes are known without that. A module whose input does not
+    capture, nearly all of an unrolled RNN's), and a fake convolution still costs its dispatch; their outputs'
+    shapes are known without that. A module whose input does not
     fit it (a batch norm of other channels) is run, so that it raises its own error.
     """
     x = args[0] if args and not kwargs else None
@@ -152,6 +153,8 @@ def known_output(module: torch.nn.Module, args: Sequence[Any], kwargs: dict[str,
         if w.dim() != 2 or w.shape[1] != x.shape[-1] or (b is not None and tuple(b.shape) != (w.shape[0],)):
             return None
         return x.new_empty(*x.shape[:-1], w.shape[0], dtype=torch.promote_types(x.dtype, w.dtype))
+    if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d) and len(args) == 1:
+        return _conv_output(module, x)
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and len(args) == 1 and x.dim() >= 2:
         stats = [t for t in (module.weight, module.bias, module.running_mean, module.running_var) if t is not None]
         return torch.empty_like(x) if all(tuple(t.shape) == (x.shape[1],) for t in stats) else None
@@ -259,6 +262,33 @@ class ShapeTracer(LeafTracer):
         finally:
             self._evaluating = False
         return None
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _conv_output(conv: torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor | None:
+    """A batched convolution's output from the usual size formula, in its input's memory format (None where the
+    input does not fit the weight, or where its memory format is ambiguous: then the kernel runs)."""
+    w = conv.weight
+    spatial = w.dim() - 2
+    if x.dim() != w.dim() or x.shape[1] != w.shape[1] * conv.groups:
+        return None
+    channels_last = _CHANNELS_LAST.get(x.dim())
+    if channels_last is not None and x.is_contiguous(memory_format=channels_last) and x.is_contiguous():
+        return None
+    if conv.padding == "same":
+        sizes = list(x.shape[2:])
+    else:
+        padding = (0,) * spatial if conv.padding == "valid" else tuple(conv.padding)
+        sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                 zip(x.shape[2:], padding, conv.dilation, w.shape[2:], conv.stride)]
+    if min(sizes) < 1:
+        return None
+    out = x.new_empty(x.shape[0], w.shape[0], *sizes, dtype=torch.promote_types(x.dtype, w.dtype))
+    if channels_last is not None and x.is_contiguous(memory_format=channels_last):
+        out = out.contiguous(memory_format=channels_last)
+    return out
 
 
 def _cell_fits(cell: torch.nn.RNNCellBase, x: torch.Tensor) -> bool:

@@ -136,8 +136,10 @@ REGISTRY.register_ops("rnn_cell", [nn.RNNCell, nn.LSTMCell, nn.GRUCell], _cell_f
 
 @REGISTRY.rule("rnn_cell")
 def rnn_cell_rule(view: OpView, facts: Facts) -> None:
-    """One step of a recurrent cell: the hidden size couples gate blocks, the state it reads and the state it
-    returns (every call of the cell shares it, through the weights); its input features are summed."""
+    """One step of a recurrent cell: the hidden size couples gate blocks and the states it reads and returns.
+
+    Every call of the cell shares that group, through the weights; the input features are summed (exact sink).
+    """
     x, *states = view.inputs
     if x is None or (view.attrs["states_given"] and any(s is None for s in states)) or not view.outputs:
         facts.barrier(view, f"{view.node.name}'s inputs are not plain tensors", "pass tensors")
