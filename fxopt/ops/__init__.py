@@ -15,6 +15,7 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     recurrent,
     reduction,
     shape,
+    structured,
 )
 from fxopt.ops.cost import OpCost, Sizes
 from fxopt.ops.facts import Facts
