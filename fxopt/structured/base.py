@@ -45,7 +45,11 @@ class StructuredLinear(nn.Module, abc.ABC):
 
     Attributes:
         bias: the (m,) bias, or ``None``.
+        fxopt_leaf: fxopt's fx front-end keeps the layer as one ``call_module`` node (its channel rule and cost
+            are written for the layer, see ``fxopt.ops.structured``).
     """
+
+    fxopt_leaf = True
 
     def __init__(self, out_features: int, bias: bool, device: torch.device | str | None,
                  dtype: torch.dtype | None) -> None:

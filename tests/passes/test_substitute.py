@@ -328,3 +328,17 @@ def test_substitute_from_the_cli_with_an_error_budget(tmp_path: Path, monkeypatc
     code = main(["optimize", "models.py:mlp", "--max-error", "0.05", "--no-compile", "--no-measure"],
                 stdout=io.StringIO(), stderr=err)
     assert code != 0 and "--max-error is the substitution's error budget: give --substitute too" in err.getvalue()
+
+
+def test_substituted_model_captures_again_with_fx_keeping_the_layers_whole() -> None:
+    import fxopt
+    from fxopt.structured import LowRankLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.ReLU(), torch.nn.Linear(96, 8)).eval()
+    model[0] = LowRankLinear.from_dense(model[0].weight.detach(), model[0].bias.detach(), rank=8)
+    x = torch.randn(3, 96)
+    gm = fxopt.trace(model, x)
+    assert gm.meta["fxopt"]["trace"].frontend == "fx"
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["0", "1", "2"]
+    torch.testing.assert_close(gm(x), model(x))
