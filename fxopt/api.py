@@ -51,6 +51,9 @@ def _warnings(model: torch.nn.Module, results: Sequence[PassResult], device_note
     info = gm.meta.get("fxopt", {}).get("trace")
     out += [f"the model keeps {name} between calls and changes its shape: the optimized model does not keep it "
             "(store state the graph can carry: a tensor of fixed shape)" for name in getattr(info, "dropped_state", ())]
+    if getattr(info, "cache_disabled", False):
+        out.append("captured with config.use_cache switched off: the optimized graph returns no key/value cache "
+                   "(generation with a cache needs the model's own class)")
     if model.training:
         out.append("the model is in training mode: batch norms and dropout were kept; call model.eval() first "
                    "for inference")

@@ -91,6 +91,27 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _error(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"error budget must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"error budget must be > 0, got {value:g}")
+    return value
+
+
+def _substitute(args: argparse.Namespace) -> Any:
+    """The ``substitute`` option of optimize(): the structure, with the error budget when one was given."""
+    from fxopt.errors import FxoptError
+
+    if args.substitute is None:
+        if args.max_error is not None:
+            raise FxoptError("--max-error is the substitution's error budget: give --substitute too")
+        return None
+    return args.substitute if args.max_error is None else {"structure": args.substitute, "max_error": args.max_error}
+
+
 def _target(text: str) -> str:
     from fxopt.errors import FxoptError
     from fxopt.targets.registry import get_target
@@ -232,8 +253,8 @@ def _optimize(args: argparse.Namespace, model: Any, progress: Progress) -> Any:
     from fxopt.api import optimize
 
     with progress.stage(f"optimize for {args.target}"):
-        return optimize(model.model, model.inputs, target=args.target, prune=args.prune, compile=args.compile,
-                        verbose=args.verbose or args.debug)
+        return optimize(model.model, model.inputs, target=args.target, prune=args.prune,
+                        substitute=_substitute(args), compile=args.compile, verbose=args.verbose or args.debug)
 
 
 def cmd_optimize(args: argparse.Namespace, io: dict[str, TextIO]) -> int:
@@ -337,6 +358,11 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                    help="hardware target: cpu, a100, h100, h200 (default: cpu)")
     p.add_argument("--prune", type=_ratio, default=None, metavar="RATIO",
                    help="remove this share of every prunable group's units, in [0, 1) (default: no pruning)")
+    p.add_argument("--substitute", choices=("lowrank", "blockdiag", "monarch", "btt", "blast", "auto"),
+                   help="replace linears and 1x1 convs by this structured layer where it is accurate enough and "
+                        "faster on the target; auto: the fastest per layer (default: no substitution)")
+    p.add_argument("--max-error", type=_error, default=None, metavar="ERROR",
+                   help="with --substitute: each layer's largest relative error (default: 0.1)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip lowering with torch.compile")
 

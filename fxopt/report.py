@@ -13,6 +13,7 @@ from typing import Any
 from fxopt.errors import FxoptError
 from fxopt.passes.base import PassResult
 from fxopt.timing import Measurement
+from fxopt.viz.labels import cell_text
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,13 @@ def render_text(report: Report) -> str:
     ]
     for r in report.results:
         lines.append(f"    {r.summary()}  [{r.duration_s:.2f}s]")
-        shown = {k: v for k, v in r.metrics.items() if k not in ("nodes", "params")}
+        tables = r.tables()
+        shown = {k: v for k, v in r.metrics.items() if k not in ("nodes", "params", *tables)}
         if shown:
             lines.append("      " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+        for key, rows in tables.items():
+            lines.append(f"      {key}:")
+            lines += ["        " + ", ".join(f"{k} {cell_text(v)}" for k, v in row.items()) for row in rows]
         for note in r.notes[:5]:
             lines.append(f"      note: {note}")
         reasons: dict[str, int] = {}

@@ -13,9 +13,11 @@ parameters live on the meta device (a 7B-shaped config) traces in seconds.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,13 +39,15 @@ Frontend = Literal["auto", "fx", "export"]
 class TraceInfo:
     """How a graph was captured: the front-end used, for ``auto`` why the first choice failed, and the state the
     model keeps between calls that the graph does not (``dropped_state``: attributes ``forward`` reassigns with
-    tensors of another shape), and whether the graph's sizes are the example's (``specialized``: traced by
-    ``ShapeTracer`` because Python code needed sizes as numbers)."""
+    tensors of another shape), whether the graph's sizes are the example's (``specialized``: traced by
+    ``ShapeTracer`` because Python code needed sizes as numbers), and whether a Hugging Face model was captured
+    without its key/value cache (``cache_disabled``: its ``config.use_cache`` was off during capture)."""
 
     frontend: str
     fallback_reason: str | None = None
     dropped_state: tuple[str, ...] = ()
     specialized: bool = False
+    cache_disabled: bool = False
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -236,6 +240,21 @@ def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
     return list(inputs)
 
 
+@contextlib.contextmanager
+def _without_kv_cache(model: torch.nn.Module) -> Iterator[bool]:
+    """Hugging Face models build a key/value cache object by default (``config.use_cache``), which no front-end
+    can return from a graph: switch it off while capturing (yields whether it did), and back on after."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
+               and getattr(c, "use_cache", False) is True}
+    for c in configs.values():
+        c.use_cache = False
+    try:
+        yield bool(configs)
+    finally:
+        for c in configs.values():
+            c.use_cache = True
+
+
 def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "auto") -> fx.GraphModule:
     """Capture ``model`` as a GraphModule whose nodes carry fake-tensor values in ``node.meta["val"]``.
 
@@ -256,7 +275,15 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "aut
     """
     if frontend not in ("auto", "fx", "export"):
         raise TraceError(f"unknown frontend {frontend!r}: use 'auto', 'fx' or 'export'")
-    inputs = _as_tuple(example_inputs)
+    with _without_kv_cache(model) as cache_disabled:
+        gm = _capture(model, _as_tuple(example_inputs), frontend)
+    if cache_disabled:
+        info = gm.meta["fxopt"]["trace"]
+        gm.meta["fxopt"]["trace"] = dataclasses.replace(info, cache_disabled=True)
+    return gm
+
+
+def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend) -> fx.GraphModule:
     failures: list[str] = []
     dropped: tuple[str, ...] = ()
     if frontend in ("auto", "fx"):

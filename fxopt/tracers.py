@@ -45,9 +45,12 @@ class LeafTracer(fx.Tracer):
     custom ``torch.autograd.Function`` as one opaque call (tracing through it would drop its backward)."""
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        """Standard torch.nn layers are leaves; containers and user/third-party modules are traced through."""
+        """Standard torch.nn layers and classes that declare ``fxopt_leaf = True`` (fxopt's structured layers)
+        are leaves; containers and user/third-party modules are traced through."""
         if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
             return False
+        if getattr(type(m), "fxopt_leaf", False):
+            return True
         return type(m).__module__.startswith("torch.nn") and type(m).__module__ != "torch.nn.modules.container"
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:

@@ -242,3 +242,21 @@ def test_trace_shape_propagation_skips_kernels_of_shape_preserving_layers_but_no
     vals = [n.meta["val"] for n in gm.graph.nodes if n.op == "call_module"]
     assert all(v.shape == (1, 4, 4, 4) for v in vals)
     assert vals[1].stride() == vals[0].stride() == vals[2].stride()
+
+
+def test_trace_hf_model_with_its_default_cache_config_captures_without_the_cache(rig):
+    """Issue 13: every pretrained HF model has use_cache=True, and capture failed on the DynamicCache output."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50)
+    torch.manual_seed(0)
+    model, ids = LlamaForCausalLM(cfg).eval(), torch.randint(0, 50, (1, 6))
+    assert model.config.use_cache is True
+    fast = fxopt.optimize(model, ids, compile=False)
+    assert model.config.use_cache is True  # switched back on after capture
+    assert fast.meta["fxopt"]["trace"].cache_disabled
+    assert any("use_cache switched off" in w for w in fxopt.report(fast).warnings)
+    torch.testing.assert_close(fast(ids).logits, model(ids, use_cache=False).logits, rtol=1e-4, atol=1e-5)
+    small, _ = fxopt.prune(model, (ids,), ratio=0.5)
+    assert small(ids).logits.shape == (1, 6, 50)

@@ -17,6 +17,7 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     recurrent,
     reduction,
     reshape,
+    structured,
 )
 from fxopt.ops.cost import OpCost, Sizes
 from fxopt.ops.facts import Facts

@@ -71,6 +71,12 @@ class PassResult:
             changes["metrics"] = {**self.metrics, **changes["metrics"]}
         return dataclasses.replace(self, **changes)
 
+    def tables(self) -> dict[str, tuple[Mapping[str, Any], ...]]:
+        """The metrics that are tables, by name: non-empty tuples of rows (mappings), such as the layers the
+        ``substitute`` pass replaced. Reports print them one row per line."""
+        return {k: v for k, v in self.metrics.items()
+                if isinstance(v, tuple) and v and all(isinstance(row, Mapping) for row in v)}
+
     def counts(self) -> dict[str, int]:
         """Number of edits per action."""
         out: dict[str, int] = {}

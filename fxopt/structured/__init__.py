@@ -25,7 +25,13 @@ error on the data rather than on the weights (``calibration``).
 Modules: ``base`` (layer base class, structure contract, cost conventions), ``errors`` (``StructureError``),
 ``calibration`` (input statistics and transforms), ``grid`` (block-low-rank fit and grid layer), ``lowrank``,
 ``blockdiag``, ``monarch``, ``btt``, ``blast`` (one structure each: options, layer, fit), ``blast_fit``
-(BLAST's iterative fit), ``fit`` (the entry point and its report), ``conv`` (1x1 convolutions).
+(BLAST's iterative fit), ``fit`` (the entry point and its report), ``conv`` (1x1 convolutions), ``speed`` (a
+layer's predicted time: the target's roofline over the ATen ops its forward runs), ``choose`` (per layer, the
+fastest structure and rank within an error budget and size caps that beats the dense layer; the ``substitute``
+pass runs it).
+
+Importing the package registers the layers with fxopt's op registry (``fxopt.ops.structured``): each states where
+its features live in its factors (``factor_layout``), so graphs holding them are analysed and pruned within blocks.
 
 Example:
     >>> from fxopt.structured import Monarch, fit, choose_rank
@@ -35,6 +41,7 @@ Example:
     (True, torch.Size([3, 256]))
 """
 
+from fxopt.ops.structured import register_structured
 from fxopt.structured.base import (
     Approximation,
     Structure,
@@ -56,6 +63,9 @@ from fxopt.structured.fit import Fit, FitReport, choose_rank, error_by_rank, fit
 from fxopt.structured.grid import GridLinear, GridStructure
 from fxopt.structured.lowrank import LowRank, LowRankLinear
 from fxopt.structured.monarch import Monarch, MonarchLinear
+
+register_structured(LowRankLinear, BlockDiagonalLinear, MonarchLinear, BTTLinear, BlastLinear, GridLinear,
+                    ChannelLinear)
 
 __all__ = [
     "BTT", "Approximation", "BTTLinear", "Blast", "BlastLinear", "BlockDiagonal", "BlockDiagonalLinear",

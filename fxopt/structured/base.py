@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.ops.structured import FactorLayout
 from fxopt.structured.calibration import InputTransform
 
 
@@ -39,23 +40,40 @@ class StructuredLinear(nn.Module, abc.ABC):
     """A linear layer ``y = x W^T + b`` over the last dimension whose weight W (m x n) has a structure.
 
     Subclasses store W's factors as parameters, define ``forward`` without forming W, and give their exact cost.
+    The feature counts are read from the factors' shapes, so a layer whose factors were sliced within their blocks
+    (channel pruning, see ``factor_layout``) stays consistent without any attribute to rewrite.
 
     Attributes:
-        in_features: n, the size of the input's last dimension.
-        out_features: m, the size of the output's last dimension.
         bias: the (m,) bias, or ``None``.
+        fxopt_leaf: fxopt's fx front-end keeps the layer as one ``call_module`` node (its channel rule and cost
+            are written for the layer, see ``fxopt.ops.structured``).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, device: torch.device | str | None,
+    fxopt_leaf = True
+
+    def __init__(self, out_features: int, bias: bool, device: torch.device | str | None,
                  dtype: torch.dtype | None) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
         self.bias: nn.Parameter | None
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
+
+    @property
+    @abc.abstractmethod
+    def in_features(self) -> int:
+        """n, the size of the input's last dimension (read from the factors)."""
+
+    @property
+    @abc.abstractmethod
+    def out_features(self) -> int:
+        """m, the size of the output's last dimension (read from the factors)."""
+
+    @property
+    @abc.abstractmethod
+    def factor_layout(self) -> FactorLayout:
+        """Where the input and output features live in the factors, for fxopt's channel rule."""
 
     @property
     @abc.abstractmethod

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.blast_fit import refine_blast
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
@@ -100,7 +101,7 @@ class BlastLinear(StructuredLinear):
     def __init__(self, in_features: int, out_features: int, blocks: int, rank: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         Blast(blocks, rank).check(out_features, in_features)
-        super().__init__(in_features, out_features, bias, device, dtype)
+        super().__init__(out_features, bias, device, dtype)
         self.blocks, self.rank = blocks, rank
         p, q = out_features // blocks, in_features // blocks
         self.u = nn.Parameter(torch.empty(blocks, p, rank, device=device, dtype=dtype))
@@ -142,6 +143,21 @@ class BlastLinear(StructuredLinear):
     @property
     def structure(self) -> Blast:
         return Blast(self.blocks, self.rank)
+
+    @property
+    def in_features(self) -> int:
+        return self.v.shape[0] * self.v.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.u.shape[0] * self.u.shape[1]
+
+    @property
+    def factor_layout(self) -> FactorLayout:
+        """Inputs are (block-column, row) of V, outputs (block-row, row) of U; block counts and rank are fixed."""
+        fixed = "blocks of a BlastLinear are fixed (rows and columns within blocks are prunable)"
+        return FactorLayout((Factor("v", 0, fixed), Factor("v", 1)), (Factor("u", 0, fixed), Factor("u", 1)),
+                            "bias" if self.bias is not None else None)
 
     @property
     def macs_per_token(self) -> int:

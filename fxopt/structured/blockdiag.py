@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
 from fxopt.structured.errors import StructureError, divisors
@@ -91,7 +92,7 @@ class BlockDiagonalLinear(StructuredLinear):
     def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         BlockDiagonal(blocks).check(out_features, in_features)
-        super().__init__(in_features, out_features, bias, device, dtype)
+        super().__init__(out_features, bias, device, dtype)
         self.blocks = blocks
         q = in_features // blocks
         self.weight = nn.Parameter(torch.empty(blocks, out_features // blocks, q, device=device, dtype=dtype))
@@ -121,6 +122,22 @@ class BlockDiagonalLinear(StructuredLinear):
     @property
     def structure(self) -> BlockDiagonal:
         return BlockDiagonal(self.blocks)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[0] * self.weight.shape[2]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0] * self.weight.shape[1]
+
+    @property
+    def factor_layout(self) -> FactorLayout:
+        """Inputs are (block, column), outputs (block, row) of the weight; the block count is fixed."""
+        block = Factor("weight", 0, "blocks of a BlockDiagonalLinear are fixed (rows and columns within blocks are "
+                                    "prunable)")
+        return FactorLayout((block, Factor("weight", 2)), (block, Factor("weight", 1)),
+                            "bias" if self.bias is not None else None)
 
     @property
     def macs_per_token(self) -> int:

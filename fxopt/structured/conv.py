@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from fxopt.ops.structured import FactorLayout
 from fxopt.structured.base import Structure, StructuredLinear
 from fxopt.structured.calibration import InputStats, Scaling
 from fxopt.structured.errors import StructureError
@@ -82,6 +83,11 @@ class ChannelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+
+    @property
+    def factor_layout(self) -> FactorLayout:
+        """The structured layer's layout over dimension 1 (channels)."""
+        return self.linear.factor_layout.prefixed("linear.", 1)
 
     def to_dense(self) -> torch.Tensor:
         """The (out_channels, in_channels) matrix applied at every position."""

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
+from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputTransform
 from fxopt.structured.errors import StructureError, divisors
@@ -156,7 +157,7 @@ class GridLinear(GridLayer):
 
     def __init__(self, in_features: int, out_features: int, rows: int, cols: int, rank: int, shuffle: bool = False,
                  bias: bool = True, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__(in_features, out_features, bias, device, dtype)
+        super().__init__(out_features, bias, device, dtype)
         self.rows, self.cols, self.rank, self.shuffle = rows, cols, rank, shuffle
         p, q = out_features // rows, in_features // cols
         self.left = nn.Parameter(torch.empty(rows, p, cols * rank, device=device, dtype=dtype))
@@ -167,6 +168,24 @@ class GridLinear(GridLayer):
         """Random factors that keep the output's scale near a dense layer's (each factor 1/sqrt(fan-in))."""
         nn.init.normal_(self.right, std=1 / math.sqrt(self.right.shape[-1]))
         nn.init.normal_(self.left, std=1 / math.sqrt(self.left.shape[-1]))
+
+    @property
+    def in_features(self) -> int:
+        return self.right.shape[0] * self.right.shape[2]
+
+    @property
+    def out_features(self) -> int:
+        return self.left.shape[0] * self.left.shape[1]
+
+    @property
+    def factor_layout(self) -> FactorLayout:
+        """Inputs are (block-column, column) of ``right``, outputs (block-row, row) of ``left`` (row first when
+        shuffled); the block counts are fixed, rows and columns within blocks are channels."""
+        name = type(self).__name__
+        block_rows = Factor("left", 0, f"block-rows of a {name} are fixed (rows within blocks are prunable)")
+        block_cols = Factor("right", 0, f"block-columns of a {name} are fixed (columns within blocks are prunable)")
+        rows = (Factor("left", 1), block_rows) if self.shuffle else (block_rows, Factor("left", 1))
+        return FactorLayout((block_cols, Factor("right", 2)), rows, "bias" if self.bias is not None else None)
 
     @property
     def macs_per_token(self) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.calibration import InputStats, Scaling
 from fxopt.structured.fit import fit
 from fxopt.structured.grid import GridLayer, GridStructure
@@ -63,7 +64,7 @@ class LowRankLinear(GridLayer):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         LowRank(rank).check(out_features, in_features)
-        super().__init__(in_features, out_features, bias, device, dtype)
+        super().__init__(out_features, bias, device, dtype)
         self.rank = rank
         self.u = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=dtype))
         self.v = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
@@ -98,6 +99,19 @@ class LowRankLinear(GridLayer):
     @property
     def structure(self) -> LowRank:
         return LowRank(self.rank)
+
+    @property
+    def in_features(self) -> int:
+        return self.v.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.u.shape[0]
+
+    @property
+    def factor_layout(self) -> FactorLayout:
+        """Inputs are V's columns, outputs U's rows; the rank between them is not a channel."""
+        return FactorLayout((Factor("v", 1),), (Factor("u", 0),), "bias" if self.bias is not None else None)
 
     @property
     def macs_per_token(self) -> int:

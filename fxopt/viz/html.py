@@ -23,7 +23,7 @@ import torch.fx as fx
 from fxopt.timing import Measurement
 from fxopt.timing import measure as time_side_by_side
 from fxopt.viz.charts import latency_chart, layer_chart, matplotlib_available
-from fxopt.viz.labels import count_text
+from fxopt.viz.labels import cell_text, count_text
 from fxopt.viz.layers import LayerRow, layer_table
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,8 @@ def _measured_card(m: Measurement | None) -> str:
 
 
 def _metrics(result: Any) -> str:
-    shown = {k: v for k, v in dict(getattr(result, "metrics", {})).items() if k not in ("nodes", "params")}
+    tables = result.tables()
+    shown = {k: v for k, v in dict(getattr(result, "metrics", {})).items() if k not in ("nodes", "params", *tables)}
     return escape(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
 
@@ -192,9 +193,12 @@ def _pass_rows(results: Sequence[Any]) -> list[str]:
 def _pass_details(results: Sequence[Any]) -> list[str]:
     out = []
     for r in results:
-        if not r.edits and not r.skips:
+        tables = r.tables()
+        if not r.edits and not r.skips and not tables:
             continue
-        body = []
+        body = [f"<table><tr>{''.join(f'<th>{escape(k)}</th>' for k in rows[0])}</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{escape(cell_text(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+            + "</table>" for rows in tables.values()]
         if r.skips:
             body.append("<table><tr><th>rule</th><th>node</th><th>why it did not fire</th></tr>" + "".join(
                 f"<tr><td>{escape(s.rule)}</td><td><code>{escape(s.node)}</code></td><td>{escape(s.reason)}</td></tr>"

@@ -23,6 +23,17 @@ def count_text(n: float) -> str:
     return f"{n:,.0f}" if float(n).is_integer() else f"{n:.3g}"
 
 
+def cell_text(value: Any) -> str:
+    """A report table cell: ``131,584 -> 32,768`` for a (before, after) pair, 4 significant digits for floats."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return f"{cell_text(value[0])} -> {cell_text(value[1])}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
 def _pair(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return "×".join(str(x) for x in v) if len(set(v)) > 1 else str(v[0])
