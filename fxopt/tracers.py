@@ -66,11 +66,11 @@ class LeafTracer(fx.Tracer):
                 return tracer.create_proxy("call_function", apply_autograd_function, (name, *args), kwargs)
             return original.__func__(cls, *args, **kwargs)
 
-        torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        torch.autograd.Function.apply = classmethod(apply)
         try:
             return super().trace(root, concrete_args)
         finally:
-            torch.autograd.Function.apply = original  # type: ignore[method-assign]
+            torch.autograd.Function.apply = original
 
 
 class ShapeProxy(fx.Proxy):
@@ -84,25 +84,25 @@ class ShapeProxy(fx.Proxy):
         return self.tracer.create_proxy("call_method", name, (self, *args), {})
 
     @property
-    def shape(self) -> Any:  # type: ignore[override]
+    def shape(self) -> Any:
         """The example's sizes (a proxy when the value is unknown)."""
         v = self._value()
         return v.shape if v is not None else self._unknown("size")
 
     @property
-    def ndim(self) -> Any:  # type: ignore[override]
+    def ndim(self) -> Any:
         """The number of dims."""
         v = self._value()
         return v.dim() if v is not None else self._unknown("dim")
 
     @property
-    def dtype(self) -> Any:  # type: ignore[override]
+    def dtype(self) -> Any:
         """The value's dtype."""
         v = self._value()
         return v.dtype if v is not None else fx.Proxy.__getattr__(self, "dtype")
 
     @property
-    def device(self) -> Any:  # type: ignore[override]
+    def device(self) -> Any:
         """The value's device."""
         v = self._value()
         return v.device if v is not None else fx.Proxy.__getattr__(self, "device")
