@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.kernels import blast as _blast  # noqa: F401  (registers torch.ops.fxopt.blast)
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.blast_fit import refine_blast
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
@@ -80,7 +81,7 @@ class Blast(Structure):
 
 
 class BlastLinear(StructuredLinear):
-    """A BLAST layer: project per block-column, couple diagonally, project per block-row.
+    """A BLAST layer: project per block-column, couple diagonally, project per block-row (``torch.ops.fxopt.blast``).
 
     Args:
         in_features: n, divisible by ``blocks``.
@@ -152,12 +153,7 @@ class BlastLinear(StructuredLinear):
         return self.rank * (self.out_features + self.in_features + self.blocks ** 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, b = x.shape[:-1], self.blocks
-        xb = x.reshape(-1, b, self.in_features // b)
-        z = torch.einsum("tjq,jqr->rtj", xb, self.v)  # z_j = V_j^T x_j, rank-major for the coupling
-        w = torch.bmm(z, self.s.permute(2, 1, 0))  # (r, t, i): w_i = sum_j s_ij * z_j, one matmul per rank
-        y = torch.einsum("rti,ipr->tip", w, self.u)  # y_i = U_i w_i
-        return self._add_bias(y.reshape(*lead, self.out_features))
+        return self._add_bias(torch.ops.fxopt.blast(x, self.u, self.s, self.v))
 
     def to_dense(self) -> torch.Tensor:
         return uncut(torch.einsum("ijr,ipr,jqr->ijpq", self.s, self.u, self.v))

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.kernels import blockdiag as _blockdiag  # noqa: F401  (registers torch.ops.fxopt.blockdiag_matmul)
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
 from fxopt.structured.errors import StructureError, divisors
@@ -72,7 +73,7 @@ class BlockDiagonal(Structure):
 
 
 class BlockDiagonalLinear(StructuredLinear):
-    """``y_i = B_i x_i + b_i`` for b blocks: one batched matmul over the input reshaped to (tokens, b, n/b).
+    """``y_i = B_i x_i + b_i`` for b blocks: one ``torch.ops.fxopt.blockdiag_matmul`` (``fxopt.kernels``).
 
     Args:
         in_features: n, divisible by ``blocks``.
@@ -131,9 +132,7 @@ class BlockDiagonalLinear(StructuredLinear):
         return self.out_features * self.in_features // self.blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = torch.einsum("tbq,bpq->tbp", x.reshape(-1, self.blocks, self.in_features // self.blocks), self.weight)
-        return self._add_bias(y.reshape(*lead, self.out_features))
+        return self._add_bias(torch.ops.fxopt.blockdiag_matmul(x, self.weight, False, False))
 
     def to_dense(self) -> torch.Tensor:
         return torch.block_diag(*self.weight.unbind(0))

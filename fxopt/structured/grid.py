@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
+from fxopt.kernels import monarch as _monarch  # noqa: F401  (registers torch.ops.fxopt.monarch)
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputTransform
 from fxopt.structured.errors import StructureError, divisors
@@ -140,7 +141,8 @@ class GridLinear(GridLayer):
 
     Forward (per token, never forming W): ``z_j = right[j] x_j`` (all block-columns, one batched matmul), regroup
     z from (j, i) to (i, j) order, ``y_i = left[i] [z_i0; ...; z_i,cols-1]`` (one batched matmul). Cost per token:
-    ``r (rows n + cols m)`` multiply-adds, the same number of parameters.
+    ``r (rows n + cols m)`` multiply-adds, the same number of parameters. Runs as ``torch.ops.fxopt.monarch``
+    (``fxopt.kernels``).
 
     Args:
         in_features: n, divisible by ``cols``.
@@ -180,13 +182,7 @@ class GridLinear(GridLayer):
         return self.left.reshape(self.rows, -1, self.cols, self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        xb = x.reshape(-1, self.cols, self.in_features // self.cols)
-        z = torch.einsum("tjq,jkq->tjk", xb, self.right).reshape(xb.shape[0], self.cols, self.rows, self.rank)
-        y = torch.einsum("tjir,ipjr->tip", z, self._left4())
-        if self.shuffle:
-            y = y.transpose(1, 2)
-        return self._add_bias(y.reshape(*lead, self.out_features))
+        return self._add_bias(torch.ops.fxopt.monarch(x, self.right, self.left, self.rank, self.shuffle))
 
     def to_dense(self) -> torch.Tensor:
         right = self.right.reshape(self.cols, self.rows, self.rank, -1)

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from fxopt.kernels import lowrank as _lowrank  # noqa: F401  (registers torch.ops.fxopt.lowrank)
 from fxopt.structured.calibration import InputStats, Scaling
 from fxopt.structured.fit import fit
 from fxopt.structured.grid import GridLayer, GridStructure
@@ -44,7 +44,7 @@ class LowRank(GridStructure):
 
 
 class LowRankLinear(GridLayer):
-    """``y = U (V x) + b``: two thin matmuls, never forming W.
+    """``y = U (V x) + b``: two thin matmuls, never forming W (``torch.ops.fxopt.lowrank``, ``fxopt.kernels``).
 
     Args:
         in_features: n.
@@ -108,7 +108,7 @@ class LowRankLinear(GridLayer):
         return self.rank * (self.in_features + self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.v), self.u, self.bias)
+        return self._add_bias(torch.ops.fxopt.lowrank(x, self.u, self.v))
 
     def to_dense(self) -> torch.Tensor:
         return self.u @ self.v

@@ -24,7 +24,8 @@ def _cases() -> list[tuple[str, Callable[..., torch.Tensor], Callable[..., torch
     return [
         ("blockdiag", torch.ops.fxopt.blockdiag_matmul, blockdiag_reference, (x6, r(3, 4, 2), False, False)),
         ("blockdiag_shuffled", torch.ops.fxopt.blockdiag_matmul, blockdiag_reference, (x6, r(3, 4, 2), True, True)),
-        ("blockdiag_shuffle_out", torch.ops.fxopt.blockdiag_matmul, blockdiag_reference, (x12, r(2, 3, 6), False, True)),
+        ("blockdiag_shuffle_out", torch.ops.fxopt.blockdiag_matmul, blockdiag_reference,
+         (x12, r(2, 3, 6), False, True)),
         ("lowrank", torch.ops.fxopt.lowrank, lowrank_reference, (x6, r(7, 2), r(2, 6))),
         ("monarch", torch.ops.fxopt.monarch, monarch_reference, (x6, r(3, 6, 2), r(3, 5, 6), 2, False)),
         ("monarch_shuffled", torch.ops.fxopt.monarch, monarch_reference, (x6, r(3, 6, 2), r(3, 5, 6), 2, True)),
