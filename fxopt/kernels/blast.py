@@ -67,7 +67,7 @@ def blast(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) ->
         torch.Size([7, 6])
     """
     xb = x.reshape(-1, v.shape[0], v.shape[1])
-    if on_triton(x):
+    if on_triton(x, u, s, v):
         from fxopt.kernels import triton_blast
         y = triton_blast.blast(xb, u, s, v)
     else:

@@ -90,7 +90,7 @@ def blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor, shuffle_in: bool = F
         torch.Size([5, 6])
     """
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    if on_triton(x):
+    if on_triton(x, weight):
         from fxopt.kernels import triton_blockdiag
         y2 = triton_blockdiag.blockdiag(x2, weight, shuffle_in, shuffle_out)
     else:

@@ -14,13 +14,19 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def on_triton(x: torch.Tensor) -> bool:
-    """Whether an op on ``x`` runs its Triton kernel: ``x`` is a CUDA tensor and triton is installed.
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""The dtypes the Triton kernels take (float64 and mixed dtypes stay on the torch path)."""
+
+
+def on_triton(*tensors: torch.Tensor) -> bool:
+    """Whether an op on ``tensors`` runs its Triton kernel: CUDA tensors of one kernel dtype, triton installed.
 
     Args:
-        x: the op's activation input.
+        *tensors: the op's tensor inputs, activations first.
 
     Returns:
         ``True`` for the Triton path, ``False`` for the torch path.
     """
-    return x.device.type == "cuda" and triton_installed()
+    x = tensors[0]
+    return (x.device.type == "cuda" and x.dtype in KERNEL_DTYPES and all(t.dtype == x.dtype for t in tensors)
+            and triton_installed())

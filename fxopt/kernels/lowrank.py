@@ -58,7 +58,7 @@ def lowrank(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         torch.Size([5, 6])
     """
     x2 = x.reshape(-1, x.shape[-1])
-    if on_triton(x) and x2.shape[0] <= FUSED_TOKENS:
+    if on_triton(x, u, v) and x2.shape[0] <= FUSED_TOKENS:
         from fxopt.kernels import triton_lowrank
         y2 = triton_lowrank.lowrank(x2, u, v)
     else:

@@ -19,6 +19,8 @@ from fxopt.kernels.orders import OrderCache, shape_key
 
 FUSED_TOKENS = 64
 """Up to this many tokens the fused Triton kernel runs; above it two batched cuBLAS GEMMs are faster."""
+FUSED_RANK = 128
+"""The largest rank the fused kernel holds on chip (one tile of the intermediate per block)."""
 
 
 def _einsum(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int) -> torch.Tensor:
@@ -78,7 +80,7 @@ def monarch(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int,
         torch.Size([7, 10])
     """
     x2 = x.reshape(-1, x.shape[-1])
-    if on_triton(x) and x2.shape[0] <= FUSED_TOKENS:
+    if on_triton(x, right, left) and x2.shape[0] <= FUSED_TOKENS and rank <= FUSED_RANK:
         from fxopt.kernels import triton_monarch
         y2 = triton_monarch.monarch(x2, right, left, rank, shuffle)
     else:
