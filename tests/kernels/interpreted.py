@@ -1,6 +1,5 @@
 """Runs every Triton kernel under TRITON_INTERPRET=1 on CPU tensors; prints one JSON line: case -> error or null.
 
-
 Started as a subprocess by ``test_triton.py`` so that the interpreter flag (read when ``triton.jit`` decorates a
 kernel) never reaches the test process. The cases are the shapes and dtypes the ops' dispatch can send, kept tiny.
 """
