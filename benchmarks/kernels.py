@@ -142,12 +142,13 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16/float16 (CUDA default fp16)")
     parser.add_argument("--fraction", type=float, default=0.25, help="structures' share of the dense FLOPs")
     parser.add_argument("--quick", action="store_true", help=f"shapes {QUICK_SHAPES}, tokens {QUICK_TOKENS}")
+    parser.add_argument("--tokens", help="comma-separated token counts (overrides the default set)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, help="append the rows as JSON lines")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
-    rows = bench(QUICK_SHAPES if args.quick else SHAPES, QUICK_TOKENS if args.quick else TOKENS, args.fraction,
-                 args.device, dtype, args.rounds)
+    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else QUICK_TOKENS if args.quick else TOKENS
+    rows = bench(QUICK_SHAPES if args.quick else SHAPES, tokens, args.fraction, args.device, dtype, args.rounds)
     print(table(rows))
     if args.out:
         with args.out.open("a") as f:
