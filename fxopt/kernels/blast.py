@@ -3,7 +3,8 @@
 With b blocks, ``u`` (b, p, r), ``s`` (b, b, r) and ``v`` (b, q, r): project per block-column
 ``z_j = V_j^T x_j``, couple diagonally ``w_i = sum_j s_ij * z_j``, project per block-row ``y_i = U_i w_i``.
 The intermediates are (tokens, b, r), never (b, b, tokens, r). On CUDA the projection runs as the block-diagonal
-Triton kernel and one fused kernel couples and projects (``w`` stays on chip); elsewhere the fastest torch order.
+Triton kernel and one fused kernel couples and projects (``w`` stays on chip); it competes with the torch orders,
+timed once per shape.
 """
 
 from __future__ import annotations
@@ -66,12 +67,11 @@ def blast(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) ->
         >>> torch.ops.fxopt.blast(torch.randn(7, 10), u, s, v).shape
         torch.Size([7, 6])
     """
-    xb = x.reshape(-1, v.shape[0], v.shape[1])
+    xb, kernel = x.reshape(-1, v.shape[0], v.shape[1]), None
     if on_triton(x, u, s, v):
         from fxopt.kernels import triton_blast
-        y = triton_blast.blast(xb, u, s, v)
-    else:
-        y = ORDERS(shape_key(xb, u, s, v), xb, u, s, v)
+        kernel = triton_blast.blast
+    y = ORDERS(shape_key(xb, u, s, v), xb, u, s, v, kernel=kernel)
     return y.reshape(*x.shape[:-1], -1)
 
 

@@ -37,12 +37,14 @@ def join_blocks(y: torch.Tensor, shuffle: bool) -> torch.Tensor:
     return (y.transpose(1, 2) if shuffle else y).reshape(t, b * p)
 
 
-def _einsum(xb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("tbq,bpq->tbp", xb, weight)
+def _einsum(x2: torch.Tensor, weight: torch.Tensor, shuffle_in: bool, shuffle_out: bool) -> torch.Tensor:
+    y = torch.einsum("tbq,bpq->tbp", split_blocks(x2, weight.shape[0], shuffle_in), weight)
+    return join_blocks(y, shuffle_out)
 
 
-def _bmm(xb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.bmm(xb.transpose(0, 1), weight.mT).transpose(0, 1)
+def _bmm(x2: torch.Tensor, weight: torch.Tensor, shuffle_in: bool, shuffle_out: bool) -> torch.Tensor:
+    y = torch.bmm(split_blocks(x2, weight.shape[0], shuffle_in).transpose(0, 1), weight.mT).transpose(0, 1)
+    return join_blocks(y, shuffle_out)
 
 
 ORDERS = OrderCache({"einsum": _einsum, "bmm": _bmm})
@@ -62,9 +64,7 @@ def blockdiag_reference(x: torch.Tensor, weight: torch.Tensor, shuffle_in: bool 
     Returns:
         (..., b p).
     """
-    b = weight.shape[0]
-    y = _einsum(split_blocks(x.reshape(-1, x.shape[-1]), b, shuffle_in), weight)
-    return join_blocks(y, shuffle_out).reshape(*x.shape[:-1], -1)
+    return _einsum(x.reshape(-1, x.shape[-1]), weight, shuffle_in, shuffle_out).reshape(*x.shape[:-1], -1)
 
 
 @torch.library.custom_op("fxopt::blockdiag_matmul", mutates_args=())
@@ -72,8 +72,8 @@ def blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor, shuffle_in: bool = F
                      shuffle_out: bool = False) -> torch.Tensor:
     """Block-diagonal matmul ``y_i = weight[i] x_i`` with the input and output perfect shuffles fused in.
 
-    On CUDA it runs the Triton kernel (``fxopt.kernels.triton_blockdiag``); elsewhere the fastest torch
-    contraction order for the shape (measured once).
+    Runs the fastest of the torch contraction orders and, on CUDA, the Triton kernel
+    (``fxopt.kernels.triton_blockdiag``), measured once per shape.
 
     Args:
         x: (..., b q) activations.
@@ -89,14 +89,12 @@ def blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor, shuffle_in: bool = F
         >>> torch.ops.fxopt.blockdiag_matmul(torch.randn(5, 8), w, False, True).shape
         torch.Size([5, 6])
     """
-    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    x2, kernel = x.reshape(-1, x.shape[-1]), None
     if on_triton(x, weight):
         from fxopt.kernels import triton_blockdiag
-        y2 = triton_blockdiag.blockdiag(x2, weight, shuffle_in, shuffle_out)
-    else:
-        xb = split_blocks(x2, weight.shape[0], shuffle_in)
-        y2 = join_blocks(ORDERS((shape_key(xb, weight), shuffle_in), xb, weight), shuffle_out)
-    return y2.reshape(*lead, -1)
+        kernel = triton_blockdiag.blockdiag
+    y2 = ORDERS((shape_key(x2, weight), shuffle_in, shuffle_out), x2, weight, shuffle_in, shuffle_out, kernel=kernel)
+    return y2.reshape(*x.shape[:-1], -1)
 
 
 @blockdiag_matmul.register_fake

@@ -1,8 +1,8 @@
 """``fxopt::lowrank``: ``y = U (V x)``, the two thin GEMMs of a low-rank layer as one op.
 
-On CUDA with few tokens one Triton kernel computes both products, the (tokens, r) intermediate staying on chip;
-elsewhere the faster of two torch orders for the shape: two ``F.linear`` calls, or one with the product ``U V``
-(worth it only when the rank is close to the layer's width and the tokens many).
+The candidates, timed once per shape: two ``F.linear`` calls, one with the product ``U V`` (worth it only when the
+rank is close to the layer's width and the tokens many) and, on CUDA with few tokens, one Triton kernel computing
+both products with the (tokens, r) intermediate on chip.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fxopt.kernels.dispatch import on_triton
 from fxopt.kernels.orders import OrderCache, shape_key
 
 FUSED_TOKENS = 64
-"""Up to this many tokens the fused Triton kernel runs; above it two cuBLAS GEMMs are faster."""
+"""Up to this many tokens the fused Triton kernel competes; above it two cuBLAS GEMMs are faster."""
 
 
 def lowrank_reference(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -57,12 +57,11 @@ def lowrank(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         >>> torch.ops.fxopt.lowrank(torch.randn(5, 8), torch.randn(6, 2), torch.randn(2, 8)).shape
         torch.Size([5, 6])
     """
-    x2 = x.reshape(-1, x.shape[-1])
+    x2, kernel = x.reshape(-1, x.shape[-1]), None
     if on_triton(x, u, v) and x2.shape[0] <= FUSED_TOKENS:
         from fxopt.kernels import triton_lowrank
-        y2 = triton_lowrank.lowrank(x2, u, v)
-    else:
-        y2 = ORDERS(shape_key(x2, u, v), x2, u, v)
+        kernel = triton_lowrank.lowrank
+    y2 = ORDERS(shape_key(x2, u, v), x2, u, v, kernel=kernel)
     return y2.reshape(*x.shape[:-1], u.shape[0])
 
 

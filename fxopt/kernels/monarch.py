@@ -4,7 +4,8 @@ The layout is ``fxopt.structured.grid.GridLinear``'s: ``right`` (cols, rows r, q
 block-column j stacked, ``left`` (rows, p, cols r) the left factors of block-row i side by side. Per token,
 ``z_j = right[j] x_j`` (all cols blocks), the (tokens, cols, rows, r) intermediate is regrouped to (rows, cols) order
 and ``y_i = left[i] [z_i0; ...]``; ``shuffle`` writes the output in (p, rows) order (Dao et al.'s final P).
-On CUDA with few tokens one Triton kernel keeps the intermediate on chip; otherwise the fastest torch order.
+Candidates, timed once per shape: two einsums, two bmm and, on CUDA with few tokens, one Triton kernel that keeps
+the intermediate on chip.
 """
 
 from __future__ import annotations
@@ -18,23 +19,23 @@ from fxopt.kernels.dispatch import on_triton
 from fxopt.kernels.orders import OrderCache, shape_key
 
 FUSED_TOKENS = 64
-"""Up to this many tokens the fused Triton kernel runs; above it two batched cuBLAS GEMMs are faster."""
+"""Up to this many tokens the fused Triton kernel competes; above it two batched cuBLAS GEMMs are faster."""
 FUSED_RANK = 128
 """The largest rank the fused kernel holds on chip (one tile of the intermediate per block)."""
 
 
-def _einsum(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int) -> torch.Tensor:
+def _einsum(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int, shuffle: bool) -> torch.Tensor:
     cols, rows = right.shape[0], left.shape[0]
     xb = x2.reshape(x2.shape[0], cols, -1)
     z = torch.einsum("tjq,jkq->tjk", xb, right).reshape(x2.shape[0], cols, rows, rank)
-    return torch.einsum("tjir,ipjr->tip", z, left.reshape(rows, -1, cols, rank))
+    return join_blocks(torch.einsum("tjir,ipjr->tip", z, left.reshape(rows, -1, cols, rank)), shuffle)
 
 
-def _bmm(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int) -> torch.Tensor:
+def _bmm(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int, shuffle: bool) -> torch.Tensor:
     cols, rows, t = right.shape[0], left.shape[0], x2.shape[0]
     z = torch.bmm(x2.reshape(t, cols, -1).transpose(0, 1), right.mT)  # (cols, t, rows r)
     z = z.reshape(cols, t, rows, rank).permute(2, 1, 0, 3).reshape(rows, t, cols * rank)
-    return torch.bmm(z, left.mT).transpose(0, 1)
+    return join_blocks(torch.bmm(z, left.mT).transpose(0, 1), shuffle)
 
 
 ORDERS = OrderCache({"einsum": _einsum, "bmm": _bmm})
@@ -55,8 +56,7 @@ def monarch_reference(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, 
     Returns:
         (..., rows p).
     """
-    y = _einsum(x.reshape(-1, x.shape[-1]), right, left, rank)
-    return join_blocks(y, shuffle).reshape(*x.shape[:-1], -1)
+    return _einsum(x.reshape(-1, x.shape[-1]), right, left, rank, shuffle).reshape(*x.shape[:-1], -1)
 
 
 @torch.library.custom_op("fxopt::monarch", mutates_args=())
@@ -79,12 +79,11 @@ def monarch(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int,
         >>> torch.ops.fxopt.monarch(torch.randn(7, 6), right, left, 2, False).shape
         torch.Size([7, 10])
     """
-    x2 = x.reshape(-1, x.shape[-1])
+    x2, kernel = x.reshape(-1, x.shape[-1]), None
     if on_triton(x, right, left) and x2.shape[0] <= FUSED_TOKENS and rank <= FUSED_RANK:
         from fxopt.kernels import triton_monarch
-        y2 = triton_monarch.monarch(x2, right, left, rank, shuffle)
-    else:
-        y2 = join_blocks(ORDERS((shape_key(x2, right, left), rank), x2, right, left, rank), shuffle)
+        kernel = triton_monarch.monarch
+    y2 = ORDERS((shape_key(x2, right, left), rank, shuffle), x2, right, left, rank, shuffle, kernel=kernel)
     return y2.reshape(*x.shape[:-1], -1)
 
 
