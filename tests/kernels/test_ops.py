@@ -127,3 +127,17 @@ def test_order_cache_kernel_competes_and_wins_only_when_faster():
     x = torch.zeros(2)
     assert cache.choose(("fast kernel",), x, kernel=lambda x: x) == "triton"
     assert cache.choose(("slow kernel",), x, kernel=lambda x: slow(slow(x))) == "torch"
+
+
+def test_structured_layer_compiles_to_one_graph_with_the_op():
+    from fxopt.structured import MonarchLinear
+
+    layer = MonarchLinear(12, 8, blocks=2, rank=2).double()
+    x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    compiled(x).sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    layer(x).sum().backward()
+    torch.testing.assert_close(compiled(x), layer(x))
+    torch.testing.assert_close(grad, x.grad)
