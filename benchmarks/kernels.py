@@ -3,9 +3,9 @@
 For each structure (block-diagonal, low-rank, Monarch, BLAST) sized to ``--fraction`` of a dense layer's FLOPs, each
 weight shape (m x n) and token count, three callables are timed side by side with fxopt's one timing method
 (``fxopt.timing.measure``): ``dense`` (``F.linear`` with the dense weight), ``unfused`` (the op's plain-torch
-reference: einsums, intermediates in memory) and ``kernel`` (the ``torch.ops.fxopt`` op: the Triton kernel on
-CUDA, the fastest torch contraction order on CPU). The realised fraction of the saving is
-``(dense - kernel) / (dense (1 - fraction))``: 1 when time falls as much as FLOPs, 0 when not at all.
+reference: einsums, intermediates in memory) and ``kernel`` (the ``torch.ops.fxopt`` op: the fastest torch
+contraction order or, on CUDA, the Triton kernel where it wins; the ``order`` column says which it chose). The
+realised fraction of the saving is ``(dense - kernel) / (dense (1 - fraction))``: 1 when time falls as much as FLOPs, 0 when not at all.
 
 Example:
     python benchmarks/kernels.py --device cpu --quick
@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import fxopt.kernels  # noqa: F401  (registers torch.ops.fxopt)
+from fxopt.kernels import blast, blockdiag, lowrank, monarch
 from fxopt.kernels.blast import blast_reference
 from fxopt.kernels.blockdiag import blockdiag_reference
 from fxopt.kernels.lowrank import lowrank_reference
 from fxopt.kernels.monarch import monarch_reference
+from fxopt.kernels.orders import OrderCache
 from fxopt.timing import measure
 
 SHAPES = [(768, 768), (1024, 1024), (4096, 4096), (4096, 11008)]
@@ -35,6 +36,9 @@ TOKENS = [1, 16, 256, 4096]
 QUICK_SHAPES = [(768, 768), (1024, 1024)]
 QUICK_TOKENS = [1, 16, 256]
 BLOCKS = 4
+CACHES: dict[str, OrderCache] = {"blockdiag": blockdiag.ORDERS, "lowrank": lowrank.ORDERS, "monarch": monarch.ORDERS,
+                                 "blast": blast.ORDERS}
+"""Each structure's order cache, read to report which order (or ``triton``) the op chose."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Row:
     kernel_ms: float
     realised: float
     reliable: bool
+    order: str
 
 
 def _round_rank(value: float, most: int) -> int:
@@ -113,6 +118,7 @@ def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, dev
         for name, (frac, op, reference, args) in structures(m, n, fraction, device, dtype).items():
             for t in tokens:
                 x = torch.randn(t, n, device=device, dtype=dtype)
+                known = set(CACHES[name].chosen)
                 timed = measure({"dense": lambda x, w=weight: F.linear(x, w),
                                  "unfused": lambda x, f=reference, a=args: f(x, *a),
                                  "kernel": lambda x, f=op, a=args: f(x, *a)},
@@ -120,18 +126,19 @@ def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, dev
                 dense_ms, kernel_ms = timed["dense"].median_ms, timed["kernel"].median_ms
                 rows.append(Row(name, m, n, t, str(dtype).removeprefix("torch."), device, round(frac, 3),
                                 dense_ms, timed["unfused"].median_ms, kernel_ms,
-                                (dense_ms - kernel_ms) / (dense_ms * (1 - frac)), timed.reliable))
+                                (dense_ms - kernel_ms) / (dense_ms * (1 - frac)), timed.reliable,
+                                next((v for k, v in CACHES[name].chosen.items() if k not in known), "?")))
     return rows
 
 
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | saving realised |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | order | saving realised |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "" if r.reliable else " (noisy)"
         lines.append(f"| {r.structure} | {r.m}x{r.n} | {r.tokens} | {r.flop_fraction:.2f} | {r.dense_ms:.3f} | "
-                     f"{r.unfused_ms:.3f} | {r.kernel_ms:.3f} | {r.realised:.0%}{mark} |")
+                     f"{r.unfused_ms:.3f} | {r.kernel_ms:.3f} | {r.order} | {r.realised:.0%}{mark} |")
     return "\n".join(lines)
 
 
