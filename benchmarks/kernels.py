@@ -133,8 +133,8 @@ def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, dev
 
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | order | saving realised |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | order | "
+             "saving realised |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "" if r.reliable else " (noisy)"
         lines.append(f"| {r.structure} | {r.m}x{r.n} | {r.tokens} | {r.flop_fraction:.2f} | {r.dense_ms:.3f} | "

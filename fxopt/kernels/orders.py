@@ -3,8 +3,8 @@
 A structured matmul can be computed by several equally correct contraction orders (one ``einsum``, a ``bmm`` over
 the blocks, two ``F.linear`` calls...) and, on CUDA, by a Triton kernel. Which is fastest depends on the shape, the
 dtype and the machine, so the first call for a key times every candidate on the real inputs (synchronising CUDA)
-and later calls reuse the winner; a kernel that loses to torch at some shape is simply not chosen there. Nothing global in torch
-is changed; the cache is a plain dict owned by one ``OrderCache`` per op.
+and later calls reuse the winner; a kernel that loses to torch at some shape is simply not chosen there. Nothing
+global in torch is changed; the cache is a plain dict owned by one ``OrderCache`` per op.
 """
 
 from __future__ import annotations
