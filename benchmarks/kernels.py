@@ -5,7 +5,8 @@ weight shape (m x n) and token count, three callables are timed side by side wit
 (``fxopt.timing.measure``): ``dense`` (``F.linear`` with the dense weight), ``unfused`` (the op's plain-torch
 reference: einsums, intermediates in memory) and ``kernel`` (the ``torch.ops.fxopt`` op: the fastest torch
 contraction order or, on CUDA, the Triton kernel where it wins; the ``order`` column says which it chose). The
-realised fraction of the saving is ``(dense - kernel) / (dense (1 - fraction))``: 1 when time falls as much as FLOPs, 0 when not at all.
+realised fraction of the saving is ``(dense - kernel) / (dense (1 - fraction))``: 1 when time falls as much as
+FLOPs, 0 when not at all.
 
 Example:
     python benchmarks/kernels.py --device cpu --quick
@@ -133,8 +134,8 @@ def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, dev
 
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | order | "
-             "saving realised |", "|---|---|---|---|---|---|---|---|---|"]
+    header = "| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | order | saving realised |"
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "" if r.reliable else " (noisy)"
         lines.append(f"| {r.structure} | {r.m}x{r.n} | {r.tokens} | {r.flop_fraction:.2f} | {r.dense_ms:.3f} | "
