@@ -45,7 +45,8 @@ def test_kernel_op_under_export_freezes_features_not_the_node(kind):
 def test_kernel_op_cost_counts_the_layers_macs(kind):
     layer = LAYERS[kind]()
     model = _Sandwich(layer).eval()
-    rows = [r for r in fxopt.cost(model, torch.randn(2, 8)).rows if r.kind == kind]
+    x = torch.randn(2, 8)
+    rows = [r for r in fxopt.cost(fxopt.trace(model, x, frontend="export"), x).rows if r.kind == kind]
     assert len(rows) == 1 and rows[0].category == "matmul"
     flops = rows[0].flops.subs({s: 2 for s in rows[0].flops.free_symbols})  # the batch symbol at the example's 2
     assert int(flops) == 2 * 2 * layer.macs_per_token
