@@ -9,6 +9,7 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     conv,
     elementwise,
     embedding,
+    kernel_ops,
     linear,
     norm,
     pooling,
