@@ -11,6 +11,7 @@ from fxopt.ops import (  # noqa: F401  (imported for their registrations)
     embedding,
     factories,
     indexing,
+    kernel_ops,
     linear,
     norm,
     pooling,

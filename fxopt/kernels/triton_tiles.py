@@ -1,0 +1,29 @@
+"""Tile sizes shared by the Triton kernels (``tl.dot`` needs every tile dimension to be at least 16)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+
+def tile(size: int, largest: int) -> int:
+    """The power-of-two tile covering ``size`` (at least 16, at most ``largest``).
+
+    Args:
+        size: the extent of the dimension.
+        largest: the cap (registers and shared memory bound the tile).
+
+    Returns:
+        A power of two in [16, largest].
+    """
+    return max(16, min(largest, triton.next_power_of_2(size)))
+
+
+def token_tile(tokens: int) -> int:
+    """Token tile: 16 rows for decode-sized batches, 64 otherwise."""
+    return 16 if tokens <= 16 else 64
+
+
+def exact_fp32(dtype: torch.dtype) -> bool:
+    """Whether the kernel's dots run in IEEE fp32 (fp32 inputs, matching torch's default of no TF32)."""
+    return dtype == torch.float32
