@@ -40,7 +40,7 @@ def _rnn_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
     attrs = {"mode": mod.mode, "hidden_size": mod.hidden_size, "num_layers": mod.num_layers,
              "directions": 2 if mod.bidirectional else 1, "proj_size": getattr(mod, "proj_size", 0),
-             "states_given": hx is not None}
+             "states_given": hx is not None, "hidden_key": f"{node.name}:hidden", "input_weight": "weight_ih_l0"}
     return OpView(node, kind, (ref_of(node.args[0]), *states), params, attrs, output_refs(node), mod)
 
 
@@ -73,7 +73,7 @@ def rnn_rule(view: OpView, facts: Facts) -> None:
     if x is None or (view.attrs["states_given"] and any(s is None for s in states)) or not view.outputs:
         facts.barrier(view, f"{name}'s inputs are not plain tensors (a PackedSequence?)", "pass padded tensors")
         return
-    hidden = Axis(f"{name}:hidden", 0, view.attrs["hidden_size"])
+    hidden = _hidden(view)
     gates = Axis(f"{name}:gates", 0, GATES[view.attrs["mode"]])
     dirs = Axis(f"{name}:directions", 0, view.attrs["directions"])
     facts.freeze(gates, f"gate blocks of {name}")
@@ -127,7 +127,8 @@ def _cell_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     states = _state_refs(hx)
     params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
     gates = 4 if isinstance(mod, nn.LSTMCell) else 3 if isinstance(mod, nn.GRUCell) else 1
-    attrs = {"hidden_size": mod.hidden_size, "gates": gates, "path": path, "states_given": hx is not None}
+    attrs = {"hidden_size": mod.hidden_size, "gates": gates, "path": path, "states_given": hx is not None,
+             "hidden_key": f"{path}:hidden", "input_weight": "weight_ih"}
     return OpView(node, kind, (ref_of(node.args[0]), *states), params, attrs, output_refs(node), mod)
 
 
@@ -145,7 +146,7 @@ def rnn_cell_rule(view: OpView, facts: Facts) -> None:
         facts.barrier(view, f"{view.node.name}'s inputs are not plain tensors", "pass tensors")
         return
     path = view.attrs["path"]
-    hidden = Axis(f"{path}:hidden", 0, view.attrs["hidden_size"])
+    hidden = _hidden(view)
     gates = Axis(f"{path}:gates", 0, view.attrs["gates"])
     facts.freeze(gates, f"gate blocks of {path}")
     w_ih, w_hh = view.params["weight_ih"], view.params["weight_hh"]
@@ -172,24 +173,18 @@ def rnn_cell_rule(view: OpView, facts: Facts) -> None:
         facts.zero(out.axis(-1), "all", producers)
 
 
-@REGISTRY.rewriter("rnn_cell")
-def rnn_cell_rewrite(view: OpView, resizer: Resizer) -> None:
-    """Keep ``hidden_size`` and ``input_size`` in step with the sliced weights."""
-    hidden = Axis(f"{view.attrs['path']}:hidden", 0, view.attrs["hidden_size"])
-    resizer.set_module_attr(view, "hidden_size", resizer.new_size(hidden))
-    w_ih = view.params["weight_ih"]
-    assert w_ih is not None
-    resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))
-
-
-@REGISTRY.rewriter("rnn")
+@REGISTRY.rewriter("rnn", "rnn_cell")
 def rnn_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``hidden_size`` and ``input_size`` in step with the sliced weights."""
-    hidden = Axis(f"{view.node.name}:hidden", 0, view.attrs["hidden_size"])
-    resizer.set_module_attr(view, "hidden_size", resizer.new_size(hidden))
-    w_ih = view.params["weight_ih_l0"]
+    resizer.set_module_attr(view, "hidden_size", resizer.new_size(_hidden(view)))
+    w_ih = view.params[view.attrs["input_weight"]]
     assert w_ih is not None
     resizer.set_module_attr(view, "input_size", resizer.new_size(w_ih.axis(1)))
+
+
+def _hidden(view: OpView) -> Axis:
+    """The synthetic axis of the hidden units (a layer's per call; a cell's shared by all its calls)."""
+    return Axis(view.attrs["hidden_key"], 0, view.attrs["hidden_size"])
 
 
 @REGISTRY.cost("rnn", "rnn_cell")
