@@ -16,6 +16,9 @@ hidden state is projected) is a barrier.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import sympy
 import torch.fx as fx
 import torch.nn as nn
@@ -32,16 +35,22 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 ZERO_FACTORIES = ("zeros", "new_zeros", "zeros_like")
 
 
-def _rnn_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+def _recurrent_form(node: fx.Node, gm: fx.GraphModule, kind: str, attrs: Callable[[Any], dict[str, Any]]) \
+        -> OpView:
+    """A recurrent layer's or cell's view: input, initial states, every parameter, and ``attrs(module)``."""
     path = str(node.target)
     mod = gm.get_submodule(path)
     hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
-    states = _state_refs(hx)
     params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
-    attrs = {"mode": mod.mode, "hidden_size": mod.hidden_size, "num_layers": mod.num_layers,
-             "directions": 2 if mod.bidirectional else 1, "proj_size": getattr(mod, "proj_size", 0),
-             "states_given": hx is not None, "hidden_key": f"{node.name}:hidden", "input_weight": "weight_ih_l0"}
-    return OpView(node, kind, (ref_of(node.args[0]), *states), params, attrs, output_refs(node), mod)
+    return OpView(node, kind, (ref_of(node.args[0]), *_state_refs(hx)), params,
+                  {**attrs(mod), "states_given": hx is not None, "path": path}, output_refs(node), mod)
+
+
+def _rnn_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
+    return _recurrent_form(node, gm, kind, lambda mod: {
+        "mode": mod.mode, "hidden_size": mod.hidden_size, "num_layers": mod.num_layers,
+        "directions": 2 if mod.bidirectional else 1, "proj_size": getattr(mod, "proj_size", 0),
+        "hidden_key": f"{node.name}:hidden", "input_weight": "weight_ih_l0"})
 
 
 REGISTRY.register_ops("rnn", [nn.RNN, nn.LSTM, nn.GRU], _rnn_form)
@@ -121,15 +130,9 @@ def _batch_first(view: OpView) -> bool:
 
 
 def _cell_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
-    path = str(node.target)
-    mod = gm.get_submodule(path)
-    hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
-    states = _state_refs(hx)
-    params = {name: param_ref(path, name, t) for name, t in mod.named_parameters(recurse=False)}
-    gates = 4 if isinstance(mod, nn.LSTMCell) else 3 if isinstance(mod, nn.GRUCell) else 1
-    attrs = {"hidden_size": mod.hidden_size, "gates": gates, "path": path, "states_given": hx is not None,
-             "hidden_key": f"{path}:hidden", "input_weight": "weight_ih"}
-    return OpView(node, kind, (ref_of(node.args[0]), *states), params, attrs, output_refs(node), mod)
+    return _recurrent_form(node, gm, kind, lambda mod: {
+        "hidden_size": mod.hidden_size, "hidden_key": f"{node.target}:hidden", "input_weight": "weight_ih",
+        "gates": 4 if isinstance(mod, nn.LSTMCell) else 3 if isinstance(mod, nn.GRUCell) else 1})
 
 
 REGISTRY.register_ops("rnn_cell", [nn.RNNCell, nn.LSTMCell, nn.GRUCell], _cell_form)
