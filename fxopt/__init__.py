@@ -15,7 +15,7 @@ from fxopt.analysis.groups import FrozenGroup, Group, Member
 from fxopt.api import cost, measure, optimize, report
 from fxopt.errors import AnalysisError, EditError, FxoptError, PassError, PruneError, TraceError
 from fxopt.passes import Pass, PassManager, PassResult, register_pass
-from fxopt.pruning import prune, prune_groups, remove_zero_groups
+from fxopt.pruning import InplaceRecord, apply_to, prune, prune_groups, remove_zero_groups
 from fxopt.serialization import load, save
 from fxopt.trace import trace
 from fxopt.viz import visualize
@@ -29,12 +29,14 @@ __all__ = [
     "EditError",
     "FrozenGroup",
     "FxoptError",
+    "InplaceRecord",
     "Group",
     "Member",
     "PassError",
     "PruneError",
     "TraceError",
     "analyze",
+    "apply_to",
     "cost",
     "load",
     "measure",

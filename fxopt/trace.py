@@ -241,7 +241,7 @@ def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _without_kv_cache(model: torch.nn.Module) -> Iterator[bool]:
+def without_kv_cache(model: torch.nn.Module) -> Iterator[bool]:
     """Hugging Face models build a key/value cache object by default (``config.use_cache``), which no front-end
     can return from a graph: switch it off while capturing (yields whether it did), and back on after."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
@@ -275,7 +275,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: Frontend = "aut
     """
     if frontend not in ("auto", "fx", "export"):
         raise TraceError(f"unknown frontend {frontend!r}: use 'auto', 'fx' or 'export'")
-    with _without_kv_cache(model) as cache_disabled:
+    with without_kv_cache(model) as cache_disabled:
         gm = _capture(model, _as_tuple(example_inputs), frontend)
     if cache_disabled:
         info = gm.meta["fxopt"]["trace"]

@@ -14,6 +14,8 @@ from fxopt.pruning.importance import (
     ImportanceContext,
     score_groups,
 )
+from fxopt.pruning.inplace import InplaceRecord, apply_to
+from fxopt.pruning.module_sizes import SIZE_RULES, Sizes
 from fxopt.pruning.plan_cost import Cost, CostModel, LatencyModel
 from fxopt.pruning.planner import GroupDecision
 from fxopt.pruning.prune_report import PruneReport
@@ -30,11 +32,15 @@ __all__ = [
     "Criterion",
     "GroupDecision",
     "ImportanceContext",
+    "InplaceRecord",
     "LatencyModel",
     "PruneConfig",
     "PruneReport",
+    "SIZE_RULES",
+    "Sizes",
     "ReaderFix",
     "ZeroGroupsReport",
+    "apply_to",
     "prune",
     "prune_groups",
     "remove_zero_groups",

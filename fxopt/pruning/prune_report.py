@@ -30,6 +30,8 @@ class PruneReport:
         reconstruction: one record per repaired reader.
         notes: per group, remarks from the criterion (fallbacks).
         seconds: wall time of the run.
+        path: ``"graph"`` (a GraphModule was returned), ``"in place"`` (the user's model was pruned in place) or
+            ``"graph (reason)"`` (in place was asked for and could not express the plan).
     """
 
     config: PruneConfig
@@ -46,6 +48,7 @@ class PruneReport:
     reconstruction: tuple[ReaderFix, ...] = ()
     notes: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    path: str = "graph"
 
     @property
     def pruned(self) -> list[GroupDecision]:
@@ -78,6 +81,7 @@ class PruneReport:
              f"MACs {self.macs_before:,.0f} -> {self.macs_after:,.0f} ({self.mac_ratio:.3f}x), "
              f"predicted latency {self.latency_ratio:.3f}x"),
             "  groups: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())),
+            f"  path: {self.path}",
         ]
         if self.budget_achieved is not None:
             lines.append(f"  budget: plan keeps {self.budget_achieved:.3f} of {self.config.metric}")

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import fx
@@ -29,6 +29,7 @@ from fxopt.pruning.importance import (
     ScoreFn,
     score_groups,
 )
+from fxopt.pruning.inplace import prune_in_place
 from fxopt.pruning.plan_cost import CostModel, LatencyModel
 from fxopt.pruning.planner import GroupDecision, make_plan, module_types, select_groups
 from fxopt.pruning.prune_report import PruneReport
@@ -111,11 +112,25 @@ def unshare(editor: GraphEditor, original: torch.nn.Module) -> int:
     return len(copied)
 
 
+@overload
 def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config: PruneConfig | None = None, *,
           calibration: Iterable[Any] | Calibration | None = None, loss_fn: LossFn | None = None,
-          target: Any = None, criterion: str | Criterion | ScoreFn | None = None,
-          **options: Any) -> tuple[fx.GraphModule, PruneReport]:
-    """Structured pruning of ``model``: returns a physically smaller GraphModule and a PruneReport.
+          target: Any = None, criterion: str | Criterion | ScoreFn | None = None, inplace: Literal[False] = False,
+          **options: Any) -> tuple[fx.GraphModule, PruneReport]: ...
+
+
+@overload
+def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config: PruneConfig | None = None, *,
+          calibration: Iterable[Any] | Calibration | None = None, loss_fn: LossFn | None = None,
+          target: Any = None, criterion: str | Criterion | ScoreFn | None = None, inplace: bool,
+          **options: Any) -> tuple[torch.nn.Module, PruneReport]: ...
+
+
+def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config: PruneConfig | None = None, *,
+          calibration: Iterable[Any] | Calibration | None = None, loss_fn: LossFn | None = None,
+          target: Any = None, criterion: str | Criterion | ScoreFn | None = None, inplace: bool = False,
+          **options: Any) -> tuple[torch.nn.Module, PruneReport]:
+    """Structured pruning of ``model``: returns a physically smaller GraphModule (or the model pruned in place).
 
     Args:
         model: an ``nn.Module`` (traced and analysed here) or an Analysis from ``fxopt.analyze``.
@@ -127,20 +142,28 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
         target: a Target (for its channel alignment and roofline numbers) or None.
         criterion: a criterion name, a Criterion instance or a function ``fn(ctx, group) -> scores``;
             overrides ``config.criterion``.
+        inplace: prune ``model`` itself, keeping its class, size attributes and (transformers) config in step
+            (``fxopt.pruning.inplace.apply_to``); where that cannot express the plan, the GraphModule is returned
+            and ``report.path`` says why.
         **options: PruneConfig fields (``ratio=0.5``, ``round_to=8``, ``reconstruct="ls"`` ...).
 
     Returns:
-        ``(pruned GraphModule, PruneReport)``. The input model is not modified.
+        ``(pruned GraphModule, PruneReport)``; the input model is not modified. With ``inplace=True`` and
+        ``report.path == "in place"``: ``(model, PruneReport)``, the model pruned in place.
 
     Raises:
-        ValueError: invalid options, or a data-aware criterion/reconstruction without calibration data.
+        ValueError: invalid options, a data-aware criterion/reconstruction without calibration data, or
+            ``inplace=True`` with an Analysis instead of the model.
 
     Example:
         >>> small, report = fxopt.pruning.prune(model, x, ratio=0.5, round_to=8)
         >>> print(report.to_text())
         >>> small, report = fxopt.pruning.prune(model, x, ratio=0.3, criterion="variance", reconstruct="ls",
         ...                                     calibration=[x1, x2, x3])
+        >>> llm, report = fxopt.pruning.prune(llm, (ids,), ratio=0.5, inplace=True)  # report.path: "in place"
     """
+    if inplace and isinstance(model, Analysis):
+        raise ValueError("inplace=True prunes the model itself: pass the nn.Module, not an Analysis")
     if config is None:
         config = PruneConfig(**options)
     elif options:
@@ -151,12 +174,18 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
     editor = GraphEditor(gm)
     report, pruned = prune_graph(editor, analysis, config, calibration=calibration, loss_fn=loss_fn,
                                  target=target, criterion=criterion, types=types)
-    unshare(editor, analysis.gm)
     meta = dict(gm.meta.get("fxopt", {}))
     if pruned is not None:
         meta["pruned"] = pruned
     meta["prune_report"] = report
     gm.meta["fxopt"] = meta
+    if inplace:
+        assert not isinstance(model, Analysis)
+        report = prune_in_place(model, gm, report, example_inputs)
+        if report.path == "in place":
+            return model, report
+        meta["prune_report"] = report
+    unshare(editor, analysis.gm)
     return gm, report
 
 
