@@ -171,3 +171,22 @@ def test_prune_inplace_needs_the_model_not_an_analysis() -> None:
     analysis = fxopt.analyze(model, torch.randn(2, 4))
     with pytest.raises(ValueError, match="not an Analysis"):
         fxopt.prune(analysis, ratio=0.5, inplace=True)
+
+
+def _doc_code(page: Path, heading: str) -> str:
+    """The first python block under ``heading`` in ``page``."""
+    section = page.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, f"no python block under {heading!r} in {page.name}"
+    return match.group(1)
+
+
+def test_docs_pruning_language_model_end_to_end_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "pruning.md"
+    code = _doc_code(page, "Pruning a language model end to end")
+    monkeypatch.chdir(tmp_path)  # the example saves its checkpoints in the working directory
+    namespace: dict[str, Any] = {}
+    exec(compile(code, str(page), "exec"), namespace)
+    assert namespace["report"].path == "in place"
+    assert namespace["again"].config.num_key_value_heads == 1
+    assert (tmp_path / "pruned" / "config.json").exists()
