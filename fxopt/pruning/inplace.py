@@ -119,9 +119,9 @@ def _swap_tensors(model: nn.Module, gm: fx.GraphModule, names: Sequence[str], un
             else new
     replaced, owners = [], set()
     for name, path, table, key in slots:
-        new = new_by_id.get(id(table[key]))
-        if new is not None:
-            undo.set_item(table, key, new)
+        swapped = new_by_id.get(id(table[key]))
+        if swapped is not None:
+            undo.set_item(table, key, swapped)
             replaced.append(name)
             owners.add(path)
     return replaced, owners
@@ -139,7 +139,8 @@ def _resize_modules(model: nn.Module, owners: set[str], undo: _Undo) \
         -> tuple[list[AttributeChange], dict[str, dict[int, str]], list[str]]:
     """Apply the size rule of every touched module and its ancestors.
 
-    Returns the changes, per config field the values modules need (value -> first module asking), and the
+    Untouched modules with a rule only say which config values they need, so that layers pruned unevenly are
+    found. Returns the changes, per config field the values modules need (value -> first module asking), and the
     modules with sliced tensors but no rule.
     """
     touched = _ancestors(owners)
@@ -147,8 +148,6 @@ def _resize_modules(model: nn.Module, owners: set[str], undo: _Undo) \
     facts: dict[str, dict[int, str]] = {}
     unruled: list[str] = []
     for path, module in model.named_modules():
-        if path not in touched:
-            continue
         rule = SIZE_RULES.rule_for(module)
         if rule is None:
             if path in owners:
@@ -157,14 +156,18 @@ def _resize_modules(model: nn.Module, owners: set[str], undo: _Undo) \
         try:
             sizes = rule(module)
         except Inexpressible as exc:
+            if path not in touched:
+                continue  # left as it was: it needs no new sizes
             raise Inexpressible(f"{path or type(module).__name__}: {exc}") from exc
+        for name, value in sizes.config.items():
+            facts.setdefault(name, {}).setdefault(int(value), path)
+        if path not in touched:
+            continue
         for attr, value in sizes.attributes.items():
             before = getattr(module, attr)
             if before != value:
                 undo.set_attr(module, attr, value)
                 changes.append(AttributeChange(path, attr, before, value))
-        for name, value in sizes.config.items():
-            facts.setdefault(name, {}).setdefault(int(value), path)
     return changes, facts, unruled
 
 
@@ -185,8 +188,7 @@ def _update_config(model: nn.Module, facts: dict[str, dict[int, str]], undo: _Un
         if len(values) > 1:
             where = ", ".join(f"{v} at {p}" for v, p in sorted(values.items()))
             raise Inexpressible(f"modules disagree on config.{name} ({where}); {type(config).__name__} holds one "
-                                "value, so from_pretrained could not rebuild the model (pruned unevenly across "
-                                "layers: use scope='uniform' or the graph path)")
+                                "value, so from_pretrained could not rebuild layers pruned unevenly")
         (value,) = values
         before = getattr(config, name)
         if before != value:

@@ -75,19 +75,19 @@ SIZE_RULES = SizeRules()
 
 
 @SIZE_RULES.register(nn.Linear)
-def _linear(m: nn.Module) -> Sizes:
+def _linear(m: Any) -> Sizes:
     out_features, in_features = m.weight.shape
     return Sizes({"out_features": out_features, "in_features": in_features})
 
 
 @SIZE_RULES.register(nn.Bilinear)
-def _bilinear(m: nn.Module) -> Sizes:
+def _bilinear(m: Any) -> Sizes:
     out_features, in1, in2 = m.weight.shape
     return Sizes({"out_features": out_features, "in1_features": in1, "in2_features": in2})
 
 
 @SIZE_RULES.register(nn.modules.conv._ConvNd)
-def _conv(m: nn.Module) -> Sizes:
+def _conv(m: Any) -> Sizes:
     # weight: (out, in / groups, *k), transposed (in, out / groups, *k); a group keeps its width when pruned
     w = m.weight.shape
     per_group = (m.in_channels if m.transposed else m.out_channels) // m.groups
@@ -97,38 +97,38 @@ def _conv(m: nn.Module) -> Sizes:
 
 
 @SIZE_RULES.register(nn.modules.batchnorm._NormBase)
-def _batch_norm(m: nn.Module) -> Sizes:
+def _batch_norm(m: Any) -> Sizes:
     t = m.weight if m.weight is not None else m.running_mean
     return Sizes({"num_features": t.shape[0]})
 
 
 @SIZE_RULES.register(nn.LayerNorm, nn.RMSNorm)
-def _layer_norm(m: nn.Module) -> Sizes:
+def _layer_norm(m: Any) -> Sizes:
     if m.weight is None:
         return Sizes({})
     return Sizes({"normalized_shape": tuple(m.weight.shape)})
 
 
 @SIZE_RULES.register(nn.GroupNorm)
-def _group_norm(m: nn.Module) -> Sizes:
+def _group_norm(m: Any) -> Sizes:
     per_group = m.num_channels // m.num_groups
     channels = m.weight.shape[0]
     return Sizes({"num_channels": channels, "num_groups": channels // per_group})
 
 
 @SIZE_RULES.register(nn.Embedding, nn.EmbeddingBag)
-def _embedding(m: nn.Module) -> Sizes:
+def _embedding(m: Any) -> Sizes:
     num, dim = m.weight.shape
     return Sizes({"num_embeddings": num, "embedding_dim": dim})
 
 
 @SIZE_RULES.register(nn.PReLU)
-def _prelu(m: nn.Module) -> Sizes:
+def _prelu(m: Any) -> Sizes:
     return Sizes({"num_parameters": m.weight.numel()})
 
 
 @SIZE_RULES.register(nn.MultiheadAttention)
-def _multihead_attention(m: nn.Module) -> Sizes:
+def _multihead_attention(m: Any) -> Sizes:
     raise Inexpressible("nn.MultiheadAttention keeps one embed_dim for queries, keys, values and output and "
                         "checks it in forward; pruned heads or channels need the graph path")
 

@@ -110,6 +110,17 @@ def test_inplace_gpt2_mlp_generates_graph_tokens_and_reloads(tmp_path: Path) -> 
     assert_equivalent(model, reloaded, (ids,))
 
 
+def test_inplace_llama_heads_pruned_in_one_layer_only_falls_back_to_graph() -> None:
+    model = _llama()
+    ids = torch.randint(0, VOCAB, (1, PROMPT))
+    out, report = fxopt.prune(model, (ids,), ratio={"model.layers.0": 0.5, "*": 0.0}, inplace=True)
+    assert isinstance(out, torch.fx.GraphModule)
+    assert report.path.startswith("graph (modules disagree on config.num_attention_heads (2 at "
+                                  "model.layers.0.self_attn, 4 at model.layers.1.self_attn)")
+    assert model.model.layers[0].self_attn.q_proj.out_features == 64 and model.config.num_attention_heads == 4
+    assert f"path: {report.path}" in report.to_text()
+
+
 def test_inplace_resnet18_equals_graph_path_and_runs_at_another_resolution() -> None:
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.resnet18(num_classes=10).eval()
