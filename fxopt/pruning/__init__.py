@@ -15,7 +15,7 @@ from fxopt.pruning.importance import (
     score_groups,
 )
 from fxopt.pruning.inplace import InplaceRecord, apply_to
-from fxopt.pruning.module_sizes import SIZE_RULES, Sizes
+from fxopt.pruning.module_sizes import SIZE_RULES, Inexpressible, Sizes
 from fxopt.pruning.plan_cost import Cost, CostModel, LatencyModel
 from fxopt.pruning.planner import GroupDecision
 from fxopt.pruning.prune_report import PruneReport
@@ -32,6 +32,7 @@ __all__ = [
     "Criterion",
     "GroupDecision",
     "ImportanceContext",
+    "Inexpressible",
     "InplaceRecord",
     "LatencyModel",
     "PruneConfig",

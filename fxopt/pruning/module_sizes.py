@@ -17,14 +17,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from fxopt.errors import PruneError
+from fxopt.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,17 @@ SizeRule = Callable[[nn.Module], Sizes]
 
 
 class SizeRules:
-    """Size rules by module class, found along the class's MRO."""
+    """Size rules by module class, found along the class's MRO; ``scoped()`` keeps a test's rules private."""
 
     def __init__(self) -> None:
-        self.rules: dict[type, SizeRule] = {}
+        self.table: Registry[SizeRule] = Registry("size rule", PruneError)
 
     def register(self, *classes: type) -> Callable[[SizeRule], SizeRule]:
         """Decorator: ``fn(module) -> Sizes`` is the rule for ``classes`` and their subclasses."""
 
         def add(fn: SizeRule) -> SizeRule:
             for cls in classes:
-                self.rules[cls] = fn
+                self.table.register(cls, fn)
             return fn
 
         return add
@@ -67,7 +69,13 @@ class SizeRules:
         """The rule of the nearest registered class in ``type(module).__mro__``, or None."""
         if type(module).__module__.startswith("transformers."):
             _register_transformers(self)
-        return next((self.rules[c] for c in type(module).__mro__ if c in self.rules), None)
+        return next((self.table[c] for c in type(module).__mro__ if c in self.table), None)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[SizeRules]:
+        """Context in which registrations are private; the rules are restored at exit."""
+        with self.table.scoped():
+            yield self
 
 
 SIZE_RULES = SizeRules()
@@ -188,7 +196,8 @@ def _register_transformers(rules: SizeRules) -> None:
     if utils is not None:
         pairs.append((utils.Conv1D, _conv1d))
     for cls, rule in pairs:
-        rules.rules.setdefault(cls, rule)
+        if cls not in rules.table:
+            rules.table.register(cls, rule)
 
 
 __all__ = ["SIZE_RULES", "Inexpressible", "SizeRule", "SizeRules", "Sizes"]

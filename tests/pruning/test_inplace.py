@@ -13,8 +13,7 @@ from torch import nn
 
 import fxopt
 from fxopt.equivalence import tensors_of
-from fxopt.pruning import SIZE_RULES
-from fxopt.pruning.module_sizes import Inexpressible
+from fxopt.pruning import SIZE_RULES, Inexpressible, Sizes
 from fxopt.testing import assert_equivalent
 
 PROMPT, NEW, VOCAB = 8, 8, 128
@@ -155,6 +154,43 @@ def test_apply_to_module_attribute_without_rule_is_refused_and_model_restored() 
     with pytest.raises(Inexpressible, match="does not compute what the pruned graph does"):
         fxopt.apply_to(model, graph, x)
     assert model.a.weight.shape == (8, 4) and model.a.out_features == 8 and model.b.in_features == 8
+
+
+def test_apply_to_module_attribute_with_registered_rule_prunes_in_place() -> None:
+    model = _Reshaping().eval()
+    x = torch.randn(2, 4)
+    graph, _ = fxopt.prune(model, x, ratio=0.5)
+    with SIZE_RULES.scoped():
+        SIZE_RULES.register(_Reshaping)(lambda m: Sizes({"width": m.a.weight.shape[0]}))
+        record = fxopt.apply_to(model, graph, x)
+    assert ("", "width", 8, 4) in {(c.owner, c.name, c.before, c.after) for c in record.attributes}
+    assert SIZE_RULES.rule_for(model) is None
+    assert_equivalent(graph, model, (x,))
+
+
+def test_inplace_depthwise_conv_keeps_groups_in_step() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    graph, _ = fxopt.prune(copy.deepcopy(model), x, ratio=0.5)
+    same, report = fxopt.prune(model, x, ratio=0.5, inplace=True)
+    assert report.path == "in place"
+    depthwise = model[3]
+    assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (4, 4, 4)
+    assert_equivalent(graph, same, (x,))
+
+
+def test_apply_to_corrupted_size_rule_is_caught_and_model_restored() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    graph, _ = fxopt.prune(model, x, ratio=0.5)
+    with SIZE_RULES.scoped():
+        SIZE_RULES.register(nn.Conv2d)(lambda m: Sizes({"out_channels": m.weight.shape[0], "groups": 1}))
+        with pytest.raises(Inexpressible, match="does not compute what the pruned graph does"):
+            fxopt.apply_to(model, graph, x)
+    assert (model[2].groups, model[2].out_channels, model[2].weight.shape[0]) == (8, 8, 8)
+    assert model[0].weight.shape == (8, 3, 3, 3)
 
 
 def test_apply_to_returns_record_of_changes() -> None:
