@@ -82,6 +82,19 @@ def test_inplace_llama_gqa_generates_graph_tokens_and_reloads(tmp_path: Path) ->
     assert_equivalent(model, reloaded, (ids,))
 
 
+def test_inplace_llama_hidden_size_pruned_approximately_updates_config_and_reloads(tmp_path: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    model = _llama()
+    graph, same, report, ids = _both_paths(model, approximate=True)
+    assert same is model and report.path == "in place"
+    assert (model.config.hidden_size, model.model.embed_tokens.embedding_dim, model.lm_head.in_features) == (32, 32, 32)
+    assert model.model.layers[1].mlp.hidden_size == 32
+    assert_equivalent(graph, model, (ids,))
+    model.save_pretrained(tmp_path)
+    assert_equivalent(model, LlamaForCausalLM.from_pretrained(tmp_path).eval(), (ids,))
+
+
 def test_inplace_gpt2_heads_cannot_be_expressed_by_config_falls_back_to_graph() -> None:
     model = _gpt2()
     state = {k: v.clone() for k, v in model.state_dict().items()}
