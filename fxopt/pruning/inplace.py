@@ -240,8 +240,8 @@ def apply_to(model: nn.Module, pruned: fx.GraphModule, example_inputs: Any) -> I
         model: the module ``pruned`` was traced from, unchanged since.
         pruned: the GraphModule ``fxopt.prune`` or ``fxopt.prune_groups`` returned for ``model``; the model takes
             its sliced tensors (shared with it, not copied).
-        example_inputs: the inputs ``model`` was traced with (a tensor or a tuple); the model's outputs on them
-            must equal ``pruned``'s.
+        example_inputs: the inputs ``model`` was traced with (a tensor, or a tuple or list of positional inputs);
+            the model's outputs on them must equal ``pruned``'s.
 
     Returns:
         An InplaceRecord of the tensors, size attributes and config fields changed.
@@ -255,7 +255,7 @@ def apply_to(model: nn.Module, pruned: fx.GraphModule, example_inputs: Any) -> I
         >>> record = fxopt.apply_to(llm, small, (ids,))
         >>> llm.generate(ids, max_new_tokens=8)
     """
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     names = pruned.meta.get("fxopt", {}).get("pruned", {}).get("parameters", [])
     undo = _Undo()
     try:
