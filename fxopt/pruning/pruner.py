@@ -179,8 +179,7 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
         meta["pruned"] = pruned
     meta["prune_report"] = report
     gm.meta["fxopt"] = meta
-    if inplace:
-        assert not isinstance(model, Analysis)
+    if inplace and not isinstance(model, Analysis):  # an Analysis with inplace=True was refused above
         report = prune_in_place(model, gm, report, example_inputs)
         if report.path == "in place":
             return model, report
