@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.kernels.dispatch import layer_uses_ops
 from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.blast_fit import refine_blast
@@ -82,6 +83,8 @@ class Blast(Structure):
 
 class BlastLinear(StructuredLinear):
     """A BLAST layer: project per block-column, couple diagonally, project per block-row.
+
+    One ``torch.ops.fxopt.blast`` call where ``layer_uses_ops`` says so (CUDA), else three plain-torch products.
 
     Args:
         in_features: n, divisible by ``blocks``.
@@ -168,6 +171,8 @@ class BlastLinear(StructuredLinear):
         return self.rank * (self.out_features + self.in_features + self.blocks ** 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layer_uses_ops(x):
+            return self._add_bias(torch.ops.fxopt.blast(x, self.u, self.s, self.v))
         lead, b = x.shape[:-1], self.blocks
         xb = x.reshape(-1, b, self.in_features // b)
         z = torch.einsum("tjq,jqr->rtj", xb, self.v)  # z_j = V_j^T x_j, rank-major for the coupling
