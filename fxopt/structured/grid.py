@@ -148,8 +148,8 @@ class GridLinear(GridLayer):
 
     ``in_blocked`` (set by the ``permute`` pass, never by a fit) says the input arrives in (column, block-column)
     order: block-column j is the strided columns ``j, j + cols, ...``, which is how a shuffled grid layer with
-    ``cols`` rows per block writes its output when its shuffle is dropped. The layer reads that order directly
-    (a strided view on the plain path), so the permutation between two such layers is never a separate copy.
+    ``cols`` rows per block writes its output when its shuffle is dropped. The layer reads that order directly (a
+    strided view on the plain path, the op's ``shuffle_in`` on the op path), never through a separate copy.
 
     Args:
         in_features: n, divisible by ``cols``.
@@ -210,9 +210,8 @@ class GridLinear(GridLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-        if layer_uses_ops(x):  # the op reads the input in block order: a blocked input is reordered first
-            xin = split_blocks(x2, self.cols, True).reshape(x2.shape) if self.in_blocked else x2
-            y = torch.ops.fxopt.monarch(xin, self.right, self.left, self.rank, self.shuffle)
+        if layer_uses_ops(x):
+            y = torch.ops.fxopt.monarch(x2, self.right, self.left, self.rank, self.shuffle, self.in_blocked)
             return self._add_bias(y.reshape(*lead, self.out_features))
         xb = split_blocks(x2, self.cols, self.in_blocked)
         z = torch.einsum("tjq,jkq->tjk", xb, self.right).reshape(xb.shape[0], self.cols, self.rows, self.rank)
