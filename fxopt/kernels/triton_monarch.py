@@ -16,7 +16,8 @@ from fxopt.kernels.triton_tiles import exact_fp32, tile, token_tile
 
 @triton.jit
 def _monarch_kernel(x_ptr, right_ptr, left_ptr, y_ptr, T, ROWS, COLS, P, Q, R, SHUFFLE: tl.constexpr,
-                    SHUFFLE_IN: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, BR: tl.constexpr):
+                    SHUFFLE_IN: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+                    BQ: tl.constexpr, BR: tl.constexpr):
     i = tl.program_id(1)
     ts = tl.program_id(0) * BT + tl.arange(0, BT)
     ps = tl.program_id(2) * BP + tl.arange(0, BP)
