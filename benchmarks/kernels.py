@@ -14,16 +14,22 @@ the path the dispatch rule picks, and the realised fraction for both paths. The 
 substitute pass's speed gate, predicting on the device's target (``cpu`` or ``h100``), keeps the layer; ``slower``
 flags a kept layer whose dispatched path measured slower than dense.
 
+``--permute`` times two shuffled Monarch layers with a GELU between them (square, b = sqrt(width) blocks, so the
+``permute`` pass applies) before and after the pass, on both layer paths.
+
 Example:
     python -m benchmarks.kernels --device cpu --quick
     python -m benchmarks.kernels --device cpu --quick --layers
+    python -m benchmarks.kernels --device cpu --quick --permute
     python -m benchmarks.kernels --device cuda --out kernels_cuda.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import fxopt
 from fxopt.kernels import blast, blockdiag, lowrank, monarch
 from fxopt.kernels.blast import blast_reference
 from fxopt.kernels.blockdiag import blockdiag_reference
@@ -39,7 +46,8 @@ from fxopt.kernels.dispatch import forced_path, layer_uses_ops
 from fxopt.kernels.lowrank import lowrank_reference
 from fxopt.kernels.monarch import monarch_reference
 from fxopt.kernels.orders import OrderCache
-from fxopt.structured import Blast, BlockDiagonal, LowRank, Monarch, Structure
+from fxopt.passes import PassManager
+from fxopt.structured import Blast, BlockDiagonal, LowRank, Monarch, MonarchLinear, Structure
 from fxopt.structured.speed import layer_time
 from fxopt.targets import get_target
 from fxopt.timing import measure
@@ -49,6 +57,7 @@ TOKENS = [1, 16, 256, 4096]
 QUICK_SHAPES = [(768, 768), (1024, 1024)]
 QUICK_TOKENS = [1, 16, 256]
 BLOCKS = 4
+PERMUTE_WIDTHS = [256, 1024]
 CACHES: dict[str, OrderCache] = {"blockdiag": blockdiag.ORDERS, "lowrank": lowrank.ORDERS, "monarch": monarch.ORDERS,
                                  "blast": blast.ORDERS}
 """Each structure's order cache, read to report which order (or ``triton``) the op chose."""
@@ -240,6 +249,40 @@ def layer_table(rows: list[LayerRow]) -> str:
     return "\n".join(lines)
 
 
+def bench_permute(widths: list[int], tokens: list[int], device: str, dtype: torch.dtype, rounds: int) -> str:
+    """Two shuffled Monarch layers with a GELU between them, before and after the ``permute`` pass, as a table.
+
+    Args:
+        widths: square layer widths (perfect squares: b = sqrt(width) blocks of b rows line up).
+        tokens: token counts.
+        device: ``"cpu"`` or ``"cuda"``.
+        dtype: the activations' and parameters' dtype.
+        rounds: timed rounds per case.
+
+    Returns:
+        A Markdown table of medians in ms, and the after / before ratio per path.
+    """
+    lines = ["| width | tokens | op path before | op path after | ratio | torch path before | torch path after | "
+             "ratio |", "|---|---|---|---|---|---|---|---|"]
+    for width in widths:
+        b = math.isqrt(width)
+        model = torch.nn.Sequential(MonarchLinear(width, width, b, 1, shuffle=True), torch.nn.GELU(),
+                                    MonarchLinear(width, width, b, 1, shuffle=True)).to(device, dtype).eval()
+        x = torch.randn(4, width, device=device, dtype=dtype)
+        moved = fxopt.trace(copy.deepcopy(model), (x,))
+        PassManager("permute").run(moved, (x,))
+        for t in tokens:
+            x = torch.randn(t, width, device=device, dtype=dtype)
+            timed = measure({f"{path} {when}": lambda x, m=m, path=path: _on(path, m, x)
+                             for path in ("ops", "torch") for when, m in (("before", model), ("after", moved))},
+                            [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20)
+            ms = {t.label: t.median_ms for t in timed.timings}
+            lines.append(f"| {width} | {t} | {ms['ops before']:.3f} | {ms['ops after']:.3f} | "
+                         f"{ms['ops after'] / ms['ops before']:.2f} | {ms['torch before']:.3f} | "
+                         f"{ms['torch after']:.3f} | {ms['torch after'] / ms['torch before']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
     header = "| structure | m x n | tokens | FLOP share | dense ms | unfused ms | kernel ms | order | saving realised |"
@@ -262,11 +305,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", action="store_true",
                         help="time the structured layers end to end: op path, plain-torch path, dense")
+    parser.add_argument("--permute", action="store_true",
+                        help="two shuffled Monarch layers before and after the permute pass (widths 256, 1024)")
     parser.add_argument("--out", type=Path, help="append the rows as JSON lines")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
     tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else QUICK_TOKENS if args.quick else TOKENS
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.permute:
+        print(bench_permute(PERMUTE_WIDTHS, tokens, args.device, dtype, args.rounds))
+        return
     rows: list[Row] | list[LayerRow]
     if args.layers:
         rows = bench_layers(shapes, tokens, args.fraction, args.device, dtype, args.rounds)
