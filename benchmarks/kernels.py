@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from fxopt.structured.speed import layer_time
 from fxopt.targets import get_target
 from fxopt.timing import measure
 
+Clock = Callable[[], float]
 SHAPES = [(768, 768), (1024, 1024), (4096, 4096), (4096, 11008)]
 TOKENS = [1, 16, 256, 4096]
 QUICK_SHAPES = [(768, 768), (1024, 1024)]
@@ -151,7 +153,7 @@ def structures(m: int, n: int, fraction: float, device: str, dtype: torch.dtype
 
 
 def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, device: str, dtype: torch.dtype,
-          rounds: int) -> list[Row]:
+          rounds: int, clock: Clock = time.perf_counter) -> list[Row]:
     """Measure every structure, shape and token count.
 
     Args:
@@ -161,6 +163,7 @@ def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, dev
         device: ``"cpu"`` or ``"cuda"``.
         dtype: the activations' and factors' dtype.
         rounds: timed rounds per case.
+        clock: the clock ``measure`` reads (``time.process_time`` with ``--clock cpu``).
 
     Returns:
         One Row per case.
@@ -175,7 +178,7 @@ def bench(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, dev
                 timed = measure({"dense": lambda x, w=weight: F.linear(x, w),
                                  "unfused": lambda x, f=reference, a=args: f(x, *a),
                                  "kernel": lambda x, f=op, a=args: f(x, *a)},
-                                [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20)
+                                [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20, clock=clock)
                 dense_ms, kernel_ms = timed["dense"].median_ms, timed["kernel"].median_ms
                 rows.append(Row(name, m, n, t, str(dtype).removeprefix("torch."), device, round(frac, 3),
                                 dense_ms, timed["unfused"].median_ms, kernel_ms,
@@ -197,7 +200,7 @@ def _on(path: LayerPath, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
 
 
 def bench_layers(shapes: list[tuple[int, int]], tokens: list[int], fraction: float, device: str,
-                 dtype: torch.dtype, rounds: int) -> list[LayerRow]:
+                 dtype: torch.dtype, rounds: int, clock: Clock = time.perf_counter) -> list[LayerRow]:
     """Time every structured layer on both paths against the dense layer, and ask the speed gate about it.
 
     Args:
@@ -207,6 +210,7 @@ def bench_layers(shapes: list[tuple[int, int]], tokens: list[int], fraction: flo
         device: ``"cpu"`` or ``"cuda"``.
         dtype: the activations' and parameters' dtype.
         rounds: timed rounds per case.
+        clock: the clock ``measure`` reads.
 
     Returns:
         One LayerRow per case.
@@ -224,7 +228,7 @@ def bench_layers(shapes: list[tuple[int, int]], tokens: list[int], fraction: flo
                     x = torch.randn(t, n, device=device, dtype=dtype)
                     timed = measure({"dense": dense, "ops": lambda x, lay=layer: _on("ops", lay, x),
                                      "torch": lambda x, lay=layer: _on("torch", lay, x)},
-                                    [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20)
+                                    [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20, clock=clock)
                     dense_ms, ops_ms, torch_ms = (timed[k].median_ms for k in ("dense", "ops", "torch"))
                     keeps = layer_time(meta, (t, n), target, dtype) < layer_time(
                         torch.nn.Linear(n, m, device="meta", dtype=dtype), (t, n), target, dtype)
@@ -249,7 +253,8 @@ def layer_table(rows: list[LayerRow]) -> str:
     return "\n".join(lines)
 
 
-def bench_permute(widths: list[int], tokens: list[int], device: str, dtype: torch.dtype, rounds: int) -> str:
+def bench_permute(widths: list[int], tokens: list[int], device: str, dtype: torch.dtype, rounds: int,
+                  clock: Clock = time.perf_counter) -> str:
     """Two shuffled Monarch layers with a GELU between them, before and after the ``permute`` pass, as a table.
 
     Args:
@@ -258,6 +263,7 @@ def bench_permute(widths: list[int], tokens: list[int], device: str, dtype: torc
         device: ``"cpu"`` or ``"cuda"``.
         dtype: the activations' and parameters' dtype.
         rounds: timed rounds per case.
+        clock: the clock ``measure`` reads.
 
     Returns:
         A Markdown table of medians in ms, and the after / before ratio per path.
@@ -275,7 +281,7 @@ def bench_permute(widths: list[int], tokens: list[int], device: str, dtype: torc
             x = torch.randn(t, width, device=device, dtype=dtype)
             timed = measure({f"{path} {when}": lambda x, m=m, path=path: _on(path, m, x)
                              for path in ("ops", "torch") for when, m in (("before", model), ("after", moved))},
-                            [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20)
+                            [x], rounds=rounds, warmup=2, round_ms=10.0, max_calls=20, clock=clock)
             ms = {t.label: t.median_ms for t in timed.timings}
             lines.append(f"| {width} | {t} | {ms['ops before']:.3f} | {ms['ops after']:.3f} | "
                          f"{ms['ops after'] / ms['ops before']:.2f} | {ms['torch before']:.3f} | "
@@ -307,20 +313,27 @@ def main() -> None:
                         help="time the structured layers end to end: op path, plain-torch path, dense")
     parser.add_argument("--permute", action="store_true",
                         help="two shuffled Monarch layers before and after the permute pass (widths 256, 1024)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (1 with --clock cpu on a shared machine)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this process's CPU time (time.process_time: not charged for the time "
+                             "other jobs hold the cores; meaningful with --threads 1)")
     parser.add_argument("--out", type=Path, help="append the rows as JSON lines")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
     tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else QUICK_TOKENS if args.quick else TOKENS
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.permute:
-        print(bench_permute(PERMUTE_WIDTHS, tokens, args.device, dtype, args.rounds))
+        print(bench_permute(PERMUTE_WIDTHS, tokens, args.device, dtype, args.rounds, clock))
         return
     rows: list[Row] | list[LayerRow]
     if args.layers:
-        rows = bench_layers(shapes, tokens, args.fraction, args.device, dtype, args.rounds)
+        rows = bench_layers(shapes, tokens, args.fraction, args.device, dtype, args.rounds, clock)
         print(layer_table(rows))
     else:
-        rows = bench(shapes, tokens, args.fraction, args.device, dtype, args.rounds)
+        rows = bench(shapes, tokens, args.fraction, args.device, dtype, args.rounds, clock)
         print(table(rows))
     if args.out:
         with args.out.open("a") as f:
