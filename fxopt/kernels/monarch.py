@@ -34,15 +34,31 @@ def _einsum(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int
     return join_blocks(torch.einsum("tjir,ipjr->tip", z, left.reshape(rows, -1, cols, rank)), shuffle)
 
 
-def _bmm(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int, shuffle: bool,
-         shuffle_in: bool = False) -> torch.Tensor:
+def monarch_bmm(x2: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int, shuffle: bool = False,
+                shuffle_in: bool = False) -> torch.Tensor:
+    """The op's ``bmm`` order in plain torch: two batched matmuls over the blocks, one regrouping copy between.
+
+    The structured layers' plain-torch path (``fxopt.structured.grid.GridLinear``) runs it directly: no custom-op
+    dispatch, autograd through the bmm calls, the same ATen ops under fake tensors as on real ones.
+
+    Args:
+        x2: (tokens, cols q).
+        right: (cols, rows r, q).
+        left: (rows, p, cols r).
+        rank: r.
+        shuffle: output in (p, rows) order.
+        shuffle_in: input in (q, cols) order.
+
+    Returns:
+        (tokens, rows p).
+    """
     cols, rows, t = right.shape[0], left.shape[0], x2.shape[0]
     z = torch.bmm(split_blocks(x2, cols, shuffle_in).transpose(0, 1), right.mT)  # (cols, t, rows r)
     z = z.reshape(cols, t, rows, rank).permute(2, 1, 0, 3).reshape(rows, t, cols * rank)
     return join_blocks(torch.bmm(z, left.mT).transpose(0, 1), shuffle)
 
 
-ORDERS = OrderCache({"einsum": _einsum, "bmm": _bmm})
+ORDERS = OrderCache({"einsum": _einsum, "bmm": monarch_bmm})
 """The CPU contraction orders: two einsums over (tokens, blocks), or two bmm over the blocks."""
 
 
