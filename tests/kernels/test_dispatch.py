@@ -101,3 +101,12 @@ def test_model_on_the_op_path_analyses_and_prunes():
         small, _ = fxopt.prune(model, x, ratio=0.5)
         assert small.b.out_features < 48 and small.b(torch.relu(small.a(x))).shape[-1] == small.b.out_features
         assert torch.isfinite(small(x)).all()
+
+
+def test_model_on_the_op_path_exports_the_layer_as_one_op_node():
+    model, x = MonarchMLP().eval(), torch.randn(6, 16)
+    with forced_path("ops"):
+        gm = fxopt.trace(model, x, frontend="export")
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.fxopt.monarch.default) == 1
+    assert not any("bmm" in str(t) or "einsum" in str(t) for t in targets)
