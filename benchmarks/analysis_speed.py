@@ -1,6 +1,6 @@
 """Capture and analysis time of fxopt beside Torch-Pruning's DependencyGraph, and scaling with graph size.
 
-Run: python benchmarks/analysis_speed.py [--layers 4 8 16 32] [--repeats 3]
+Run: python -m benchmarks.analysis_speed [--layers 4 8 16 32] [--repeats 3]
 
 Prints, in one process, for ResNet-50 (real weights, 1x3x224x224), LLaMA-7B-shaped configs on the meta device
 (hidden 4096, intermediate 11008, 32 heads, seq 128) and a hand-written RNN cell unrolled over 256 and 1024 steps

@@ -5,7 +5,7 @@ every group (uniform, the same semantics as Torch-Pruning's ``pruning_ratio``) w
 and without reconstruction, and with Torch-Pruning's criteria at the same ratio. Nothing is fine-tuned after
 pruning: the figures measure what the criterion and the reconstruction keep.
 
-Run: python benchmarks/digits_quality.py [--seeds 3] [--out docs/digits_quality.json]
+Run: python -m benchmarks.digits_quality [--seeds 3] [--out docs/digits_quality.json]
 
 Needs scikit-learn (``pip install scikit-learn``) and torch-pruning for the side-by-side column.
 """

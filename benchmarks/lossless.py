@@ -9,7 +9,7 @@ The cost model's predicted eager time is recorded beside the measured one.
 Results are appended as JSON lines to ``--out``; ``--table`` renders every recorded row into a Markdown table.
 
 Example:
-    python benchmarks/lossless.py --models resnet18,resnet50 --batches 1 --table docs/benchmarks.md
+    python -m benchmarks.lossless --models resnet18,resnet50 --batches 1 --table docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def latest_rows(path: Path) -> list[dict[str, Any]]:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The Markdown results: per-model table, medians over the conv nets, cost-model rank correlation."""
-    commands = sorted({re.sub(r" --out \S+", "", r.get("command", "python benchmarks/lossless.py")) for r in rows})
+    commands = sorted({re.sub(r" --out \S+", "", r.get("command", "python -m benchmarks.lossless")) for r in rows})
     setups = sorted({f"{r['threads']} thread(s), {r.get('clock', 'wall')} clock, per-round {r.get('stat', 'median')}"
                      for r in rows})
     lines = [
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = bench_one(name, batch, args)
                 row["host"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                "torch": torch.__version__}
-                row["command"] = "python benchmarks/lossless.py " + shlex.join(argv if argv is not None
+                row["command"] = "python -m benchmarks.lossless " + shlex.join(argv if argv is not None
                                                                                  else sys.argv[1:])
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

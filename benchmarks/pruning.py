@@ -14,8 +14,8 @@ also Torch-Pruning's MetaPruner at 0.5 (L2, the layers producing the outputs ign
 own subprocess (memory, crashes, a time limit); results go to a JSON-lines cache that an interrupted run resumes.
 
 Run:
-    python benchmarks/pruning.py --latency [--models resnet50 ...] [--rounds 15] [--no-compile]
-    python benchmarks/pruning.py --coverage [--tp] [--cache /tmp/prune_coverage.jsonl] [--only NAME ...]
+    python -m benchmarks.pruning --latency [--models resnet50 ...] [--rounds 15] [--no-compile]
+    python -m benchmarks.pruning --coverage [--tp] [--cache /tmp/prune_coverage.jsonl] [--only NAME ...]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How much of a structured layer's FLOP saving its plain-torch forward realises, measured and predicted.
 
-Run: python benchmarks/substitute_speed.py [--device cpu|cuda] [--target cpu|h200|...] [--tokens 1 16 197 1024]
+Run: python -m benchmarks.substitute_speed [--device cpu|cuda] [--target cpu|h200|...] [--tokens 1 16 197 1024]
                                            [--dtype fp32|bf16] [--rounds 10] [--json out.json]
 
 For each weight shape (768x768, 3072x768 i.e. 768 -> 3072, and 768x3072 i.e. 3072 -> 768) and each token count,

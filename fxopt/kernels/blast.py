@@ -23,13 +23,26 @@ def _einsum(xb: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor)
     return torch.einsum("tir,ipr->tip", w, u)
 
 
-def _rank_major(xb: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def blast_rank_major(xb: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The op's ``rank_major`` order in plain torch: three bmm, the coupling batched over the rank.
+
+    ``fxopt.structured.blast.BlastLinear``'s plain-torch path runs it directly (no custom-op dispatch).
+
+    Args:
+        xb: (tokens, b, q) blocked activations.
+        u: (b, p, r).
+        s: (b, b, r).
+        v: (b, q, r).
+
+    Returns:
+        (tokens, b, p).
+    """
     z = torch.bmm(xb.transpose(0, 1), v).permute(2, 1, 0)  # (r, t, j)
     w = torch.bmm(z, s.permute(2, 1, 0))  # (r, t, i): one (t x b) @ (b x b) matmul per rank
     return torch.bmm(w.permute(2, 1, 0), u.mT).transpose(0, 1)
 
 
-ORDERS = OrderCache({"einsum": _einsum, "rank_major": _rank_major})
+ORDERS = OrderCache({"einsum": _einsum, "rank_major": blast_rank_major})
 """The CPU contraction orders: three einsums, or three bmm with the coupling batched over the rank."""
 
 

@@ -16,7 +16,8 @@ from fxopt.kernels.triton_tiles import exact_fp32, tile, token_tile
 
 @triton.jit
 def _monarch_kernel(x_ptr, right_ptr, left_ptr, y_ptr, T, ROWS, COLS, P, Q, R, SHUFFLE: tl.constexpr,
-                    IEEE: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, BR: tl.constexpr):
+                    SHUFFLE_IN: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+                    BQ: tl.constexpr, BR: tl.constexpr):
     i = tl.program_id(1)
     ts = tl.program_id(0) * BT + tl.arange(0, BT)
     ps = tl.program_id(2) * BP + tl.arange(0, BP)
@@ -26,7 +27,8 @@ def _monarch_kernel(x_ptr, right_ptr, left_ptr, y_ptr, T, ROWS, COLS, P, Q, R, S
         h = tl.zeros((BT, BR), dtype=tl.float32)
         for k0 in range(0, Q, BQ):
             ks = k0 + tl.arange(0, BQ)
-            xt = tl.load(x_ptr + ts[:, None] * (COLS * Q) + j * Q + ks[None, :],
+            ins = ks * COLS + j if SHUFFLE_IN else j * Q + ks
+            xt = tl.load(x_ptr + ts[:, None] * (COLS * Q) + ins[None, :],
                          mask=(ts[:, None] < T) & (ks[None, :] < Q), other=0.0)
             rt = tl.load(right_ptr + j * (ROWS * R * Q) + (i * R + rs[None, :]) * Q + ks[:, None],
                          mask=(rs[None, :] < R) & (ks[:, None] < Q), other=0.0)
@@ -46,7 +48,8 @@ def _monarch_kernel(x_ptr, right_ptr, left_ptr, y_ptr, T, ROWS, COLS, P, Q, R, S
              mask=(ts[:, None] < T) & (ps[None, :] < P))
 
 
-def monarch(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int, shuffle: bool) -> torch.Tensor:
+def monarch(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int, shuffle: bool,
+            shuffle_in: bool = False) -> torch.Tensor:
     """Launch the fused Monarch kernel on a 2-d input (meant for few tokens; ``rank`` up to ``FUSED_RANK``).
 
     Args:
@@ -55,6 +58,7 @@ def monarch(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int,
         left: (rows, p, cols r).
         rank: r.
         shuffle: write y in (p, rows) order.
+        shuffle_in: read x in (q, cols) order.
 
     Returns:
         (tokens, rows p).
@@ -65,6 +69,6 @@ def monarch(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, rank: int,
     y = x.new_empty(t, rows * p)
     bt, bp, bq, br = token_tile(t), tile(p, 64), tile(q, 64), tile(rank, 128)
     grid = (triton.cdiv(t, bt), rows, triton.cdiv(p, bp))
-    _monarch_kernel[grid](x, right, left, y, t, rows, cols, p, q, rank, shuffle, exact_fp32(x.dtype), bt, bp, bq,
-                          br)
+    _monarch_kernel[grid](x, right, left, y, t, rows, cols, p, q, rank, shuffle, shuffle_in, exact_fp32(x.dtype), bt,
+                          bp, bq, br)
     return y

@@ -26,7 +26,7 @@ FACTORS = {
 }
 """Kind (the op's name) -> its factor arguments, in the op's argument order after ``x``."""
 
-_ATTRIBUTES = {"blockdiag_matmul": ["shuffle_in", "shuffle_out"], "monarch": ["rank", "shuffle"]}
+_ATTRIBUTES = {"blockdiag_matmul": ["shuffle_in", "shuffle_out"], "monarch": ["rank", "shuffle", "shuffle_in"]}
 
 for _kind, _factors in FACTORS.items():
     register(_kind, [getattr(torch.ops.fxopt, _kind)],

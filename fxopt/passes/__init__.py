@@ -35,6 +35,7 @@ from fxopt.passes.layout import ChannelsLastPass
 from fxopt.passes.lower import LowerPass
 from fxopt.passes.manager import PassManager, PipelineRun
 from fxopt.passes.merge_linear import MergeLinearPass
+from fxopt.passes.permute import PermutePass
 from fxopt.passes.precision import PrecisionPass
 from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.spec import format_pipeline, parse_pass, parse_pipeline
@@ -49,7 +50,7 @@ LOSSLESS_PASSES = ("cleanup", "fold_bn", "fold_bn_input", "merge_linear", "fuse_
 __all__ = [
     "ANALYSES", "LOSSLESS_PASSES", "PASSES", "ChannelsLastPass", "CleanupPass", "DumpGraphs", "Edit",
     "FoldBatchNormInputPass", "FoldBatchNormPass", "FusePass", "GraphEditor", "HorizontalFusePass", "LowerPass",
-    "MergeLinearPass", "Pass", "PassContext", "PassManager", "PassRegistry", "PassResult", "PipelineRun",
+    "MergeLinearPass", "Pass", "PassContext", "PassManager", "PassRegistry", "PassResult", "PermutePass", "PipelineRun",
     "PrecisionPass", "Skip", "Timeline", "format_pipeline", "log_after", "log_before", "make_pass", "parse_pass",
     "parse_pipeline", "register_analysis", "register_pass",
 ]

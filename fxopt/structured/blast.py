@@ -18,6 +18,8 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.kernels.blast import blast_rank_major
+from fxopt.kernels.dispatch import layer_uses_ops
 from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.blast_fit import refine_blast
@@ -82,6 +84,9 @@ class Blast(Structure):
 
 class BlastLinear(StructuredLinear):
     """A BLAST layer: project per block-column, couple diagonally, project per block-row.
+
+    One ``torch.ops.fxopt.blast`` call where ``layer_uses_ops`` says so (CUDA), else the op's rank-major order in
+    plain torch (``fxopt.kernels.blast.blast_rank_major``: three bmm, the coupling batched over the rank).
 
     Args:
         in_features: n, divisible by ``blocks``.
@@ -168,11 +173,10 @@ class BlastLinear(StructuredLinear):
         return self.rank * (self.out_features + self.in_features + self.blocks ** 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layer_uses_ops(x):
+            return self._add_bias(torch.ops.fxopt.blast(x, self.u, self.s, self.v))
         lead, b = x.shape[:-1], self.blocks
-        xb = x.reshape(-1, b, self.in_features // b)
-        z = torch.einsum("tjq,jqr->rtj", xb, self.v)  # z_j = V_j^T x_j, rank-major for the coupling
-        w = torch.bmm(z, self.s.permute(2, 1, 0))  # (r, t, i): w_i = sum_j s_ij * z_j, one matmul per rank
-        y = torch.einsum("rti,ipr->tip", w, self.u)  # y_i = U_i w_i
+        y = blast_rank_major(x.reshape(-1, b, self.in_features // b), self.u, self.s, self.v)
         return self._add_bias(y.reshape(*lead, self.out_features))
 
     def to_dense(self) -> torch.Tensor:

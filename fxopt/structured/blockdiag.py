@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from fxopt.kernels.dispatch import layer_uses_ops
 from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
@@ -74,6 +75,8 @@ class BlockDiagonal(Structure):
 
 class BlockDiagonalLinear(StructuredLinear):
     """``y_i = B_i x_i + b_i`` for b blocks: one batched matmul over the input reshaped to (tokens, b, n/b).
+
+    The matmul is ``torch.ops.fxopt.blockdiag_matmul`` where ``layer_uses_ops`` says so (CUDA), else an einsum.
 
     Args:
         in_features: n, divisible by ``blocks``.
@@ -148,6 +151,8 @@ class BlockDiagonalLinear(StructuredLinear):
         return self.out_features * self.in_features // self.blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layer_uses_ops(x):
+            return self._add_bias(torch.ops.fxopt.blockdiag_matmul(x, self.weight, False, False))
         lead = x.shape[:-1]
         y = torch.einsum("tbq,bpq->tbp", x.reshape(-1, self.blocks, self.in_features // self.blocks), self.weight)
         return self._add_bias(y.reshape(*lead, self.out_features))

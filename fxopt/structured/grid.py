@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn as nn
 
+from fxopt.kernels.dispatch import layer_uses_ops
+from fxopt.kernels.monarch import monarch_bmm
 from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputTransform
@@ -141,7 +143,14 @@ class GridLinear(GridLayer):
 
     Forward (per token, never forming W): ``z_j = right[j] x_j`` (all block-columns, one batched matmul), regroup
     z from (j, i) to (i, j) order, ``y_i = left[i] [z_i0; ...; z_i,cols-1]`` (one batched matmul). Cost per token:
-    ``r (rows n + cols m)`` multiply-adds, the same number of parameters.
+    ``r (rows n + cols m)`` multiply-adds, the same number of parameters. Where ``layer_uses_ops`` says so (CUDA
+    tensors) the forward is one ``torch.ops.fxopt.monarch`` call, else the op's ``bmm`` order in plain torch
+    (``fxopt.kernels.monarch.monarch_bmm``: fastest on the CPU from 1 to 256 tokens, without the op's dispatch).
+
+    ``in_blocked`` (set by the ``permute`` pass, never by a fit) says the input arrives in (column, block-column)
+    order: block-column j is the strided columns ``j, j + cols, ...``, which is how a shuffled grid layer with
+    ``cols`` rows per block writes its output when its shuffle is dropped. The layer reads that order directly (a
+    strided read on both paths, ``shuffle_in``), never through a separate copy.
 
     Args:
         in_features: n, divisible by ``cols``.
@@ -159,6 +168,7 @@ class GridLinear(GridLayer):
                  bias: bool = True, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(out_features, bias, device, dtype)
         self.rows, self.cols, self.rank, self.shuffle = rows, cols, rank, shuffle
+        self.in_blocked = False
         p, q = out_features // rows, in_features // cols
         self.left = nn.Parameter(torch.empty(rows, p, cols * rank, device=device, dtype=dtype))
         self.right = nn.Parameter(torch.empty(cols, rows * rank, q, device=device, dtype=dtype))
@@ -185,7 +195,8 @@ class GridLinear(GridLayer):
         block_rows = Factor("left", 0, f"block-rows of a {name} are fixed (rows within blocks are prunable)")
         block_cols = Factor("right", 0, f"block-columns of a {name} are fixed (columns within blocks are prunable)")
         rows = (Factor("left", 1), block_rows) if self.shuffle else (block_rows, Factor("left", 1))
-        return FactorLayout((block_cols, Factor("right", 2)), rows, "bias" if self.bias is not None else None)
+        cols = (Factor("right", 2), block_cols) if self.in_blocked else (block_cols, Factor("right", 2))
+        return FactorLayout(cols, rows, "bias" if self.bias is not None else None)
 
     @property
     def macs_per_token(self) -> int:
@@ -199,18 +210,18 @@ class GridLinear(GridLayer):
         return self.left.reshape(self.rows, -1, self.cols, self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        xb = x.reshape(-1, self.cols, self.in_features // self.cols)
-        z = torch.einsum("tjq,jkq->tjk", xb, self.right).reshape(xb.shape[0], self.cols, self.rows, self.rank)
-        y = torch.einsum("tjir,ipjr->tip", z, self._left4())
-        if self.shuffle:
-            y = y.transpose(1, 2)
+        lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        if layer_uses_ops(x):
+            y = torch.ops.fxopt.monarch(x2, self.right, self.left, self.rank, self.shuffle, self.in_blocked)
+            return self._add_bias(y.reshape(*lead, self.out_features))
+        y = monarch_bmm(x2, self.right, self.left, self.rank, self.shuffle, self.in_blocked)
         return self._add_bias(y.reshape(*lead, self.out_features))
 
     def to_dense(self) -> torch.Tensor:
         right = self.right.reshape(self.cols, self.rows, self.rank, -1)
         weight = uncut(torch.einsum("ipjr,jirq->ijpq", self._left4(), right))
-        return interleave_rows(weight, self.rows) if self.shuffle else weight
+        weight = interleave_rows(weight, self.rows) if self.shuffle else weight
+        return interleave_rows(weight.T, self.cols).T if self.in_blocked else weight
 
     def load_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
         with torch.no_grad():

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxopt.kernels.dispatch import layer_uses_ops
 from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.calibration import InputStats, Scaling
 from fxopt.structured.fit import fit
@@ -45,7 +46,8 @@ class LowRank(GridStructure):
 
 
 class LowRankLinear(GridLayer):
-    """``y = U (V x) + b``: two thin matmuls, never forming W.
+    """``y = U (V x) + b``: two thin matmuls, never forming W (``torch.ops.fxopt.lowrank`` where
+    ``layer_uses_ops`` says so, CUDA; two ``F.linear`` otherwise).
 
     Args:
         in_features: n.
@@ -122,6 +124,9 @@ class LowRankLinear(GridLayer):
         return self.rank * (self.in_features + self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layer_uses_ops(x):
+            y = torch.ops.fxopt.lowrank(x, self.u, self.v)
+            return y if self.bias is None else y + self.bias
         return F.linear(F.linear(x, self.v), self.u, self.bias)
 
     def to_dense(self) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 The forward runs once on fake tensors (no memory, no arithmetic) under a dispatch mode that records every ATen op
 it reaches. Matrix products and convolutions count two FLOPs per multiply-add (plus the bias additions), views move
-nothing, and every other op reads its inputs and writes its outputs. Each op then costs what
+nothing, an ``fxopt::`` structured op (the layers' op path, ``fxopt.kernels.dispatch``) counts two FLOPs per token
+and factor element, and every other op reads its inputs and writes its outputs. Each op then costs what
 ``fxopt.analysis.cost`` charges a graph node, ``max(flops / (peak * efficiency), bytes / bandwidth)`` plus the
 target's per-op overhead. So the prediction sees what a structured layer's plain-torch forward does beyond its
 FLOPs: Monarch's regrouping copies, BLAST's coupling step, several small kernels where dense runs one.
@@ -54,8 +55,12 @@ def _nbytes(tensors: Sequence[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _flops(packet: Any, args: Sequence[Any], out: list[torch.Tensor]) -> tuple[int, str]:
-    """FLOPs and cost category of one ATen op that is not a view."""
+def _flops(func: Any, args: Sequence[Any], out: list[torch.Tensor]) -> tuple[int, str]:
+    """FLOPs and cost category of one ATen or ``fxopt::`` op that is not a view."""
+    packet = func.overloadpacket
+    if func.namespace == "fxopt":  # structured matmul (x, *factors, flags): a multiply-add per token and factor element
+        x, factors = args[0], [a for a in args[1:] if isinstance(a, torch.Tensor)]
+        return 2 * (x.numel() // x.shape[-1]) * sum(f.numel() for f in factors), "matmul"
     if packet in (aten.mm, aten.bmm):
         a = args[0]
         return 2 * out[0].numel() * a.shape[-1], "matmul"
@@ -83,7 +88,7 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         packet, results = func.overloadpacket, _tensors(out)
         if packet not in VIEWS and results:  # ops without tensor results only query metadata (prim.device)
-            flops, category = _flops(packet, args, results)
+            flops, category = _flops(func, args, results)
             moved = _nbytes(_tensors((args, kwargs))) + _nbytes(results)
             dtype = DTYPE_NAMES.get(str(results[0].dtype).removeprefix("torch."), "fp32")
             self.rows.append(NodeCost(f"{packet.__name__}#{len(self.rows)}", packet.__name__, category,

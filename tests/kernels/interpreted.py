@@ -47,8 +47,8 @@ def cases():
             x, right, left = r(t, 3 * 5), r(3, 2 * 2, 5), r(2, 7, 3 * 2)
             for sh in (False, True):
                 yield (f"monarch-t{t}-shuffle{int(sh)}-{dname}",
-                       lambda x=x, rt=right, lf=left, sh=sh: monarch(x, rt, lf, 2, sh),
-                       lambda x=x, rt=right, lf=left, sh=sh: monarch_reference(x, rt, lf, 2, sh))
+                       lambda x=x, rt=right, lf=left, sh=sh: monarch(x, rt, lf, 2, sh, not sh),
+                       lambda x=x, rt=right, lf=left, sh=sh: monarch_reference(x, rt, lf, 2, sh, not sh))
             for rank in (3, 40):
                 x, u, s, v = r(t, 3 * 4), r(3, 5, rank), r(3, 3, rank), r(3, 4, rank)
                 yield (f"blast-t{t}-r{rank}-{dname}", lambda x=x, u=u, s=s, v=v: blast(x.reshape(-1, 3, 4), u, s, v),

@@ -28,6 +28,8 @@ def _cases(t: int, dtype: torch.dtype) -> list[tuple[str, object, object, tuple]
          (r(t, 96), r(4, 40, 24), True, True)),
         ("lowrank", torch.ops.fxopt.lowrank, lowrank_reference, (r(t, 200), r(130, 37), r(37, 200))),
         ("monarch", torch.ops.fxopt.monarch, monarch_reference, (r(t, 96), r(4, 4 * 5, 24), r(4, 40, 4 * 5), 5, True)),
+        ("monarch_blocked_in", torch.ops.fxopt.monarch, monarch_reference,
+         (r(t, 96), r(4, 4 * 5, 24), r(4, 40, 4 * 5), 5, False, True)),
         ("btt", torch.ops.fxopt.monarch, monarch_reference, (r(t, 96), r(8, 3 * 2, 12), r(3, 40, 8 * 2), 2, False)),
         ("blast", torch.ops.fxopt.blast, blast_reference, (r(t, 96), r(4, 40, 70), r(4, 4, 70), r(4, 24, 70))),
     ]

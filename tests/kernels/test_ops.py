@@ -29,6 +29,8 @@ def _cases() -> list[tuple[str, Callable[..., torch.Tensor], Callable[..., torch
         ("lowrank", torch.ops.fxopt.lowrank, lowrank_reference, (x6, r(7, 2), r(2, 6))),
         ("monarch", torch.ops.fxopt.monarch, monarch_reference, (x6, r(3, 6, 2), r(3, 5, 6), 2, False)),
         ("monarch_shuffled", torch.ops.fxopt.monarch, monarch_reference, (x6, r(3, 6, 2), r(3, 5, 6), 2, True)),
+        ("monarch_blocked_in", torch.ops.fxopt.monarch, monarch_reference,
+         (x12, r(3, 6, 4), r(3, 5, 6), 2, True, True)),
         ("btt", torch.ops.fxopt.monarch, monarch_reference, (x12, r(4, 2, 3), r(2, 3, 4), 1, False)),
         ("blast", torch.ops.fxopt.blast, blast_reference, (x12, r(3, 2, 5), r(3, 3, 5), r(3, 4, 5))),
     ]
