@@ -267,8 +267,8 @@ def prelu_rule(view: OpView, facts: Facts) -> None:
 @REGISTRY.rewriter("prelu")
 def prelu_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``num_parameters`` in step with the sliced slope."""
-    if view.module is not None and view.module.weight.shape[0] > 1:
-        resizer.set_module_attr(view, "num_parameters", view.module.weight.shape[0])
+    if view.module is not None and view.module_tensor("weight").shape[0] > 1:
+        resizer.set_module_attr(view, "num_parameters", view.module_tensor("weight").shape[0])
 
 
 # ---------------------------------------------------------------- costs
