@@ -17,8 +17,8 @@ from fxopt.ops.view import OpView, output_refs, param_ref, ref_of, tensor_attr
 def _embedding_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
-        return OpView(node, kind, (ref_of(node.args[0]),), {"weight": param_ref(str(node.target), "weight", tensor_attr(m, "weight"))},
-                      {}, output_refs(node), m)
+        weight = param_ref(str(node.target), "weight", tensor_attr(m, "weight"))
+        return OpView(node, kind, (ref_of(node.args[0]),), {"weight": weight}, {}, output_refs(node), m)
     if node.target is F.embedding:
         b = bind(node, ["input", "weight"])
     else:

@@ -42,10 +42,11 @@ def tuple_item_rule(view: OpView, facts: Facts) -> None:
     """Element of a multi-output op: the same tensor (or, for a nested tuple, the same tensors in order)."""
     if not view.outputs:
         return
-    if any(x is None for x in view.inputs) or len(view.inputs) != len(view.outputs):
+    inputs = [x for x in view.inputs if x is not None]
+    if len(inputs) != len(view.inputs) or len(inputs) != len(view.outputs):
         facts.barrier(view, f"{view.node.name} takes an element the analysis cannot see", "")
         return
-    for x, out in zip(view.inputs, view.outputs):
+    for x, out in zip(inputs, view.outputs):
         for a, b in zip(x.axes(), out.axes()):
             facts.transfer(b, a)
 

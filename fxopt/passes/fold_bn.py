@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from fxopt.ops.forms import int_list
 from fxopt.ops.view import OpView
@@ -86,11 +87,16 @@ def _channel_dim_is_1(view: OpView) -> str | None:
 def _producer_checks(m: Match, e: GraphEditor) -> str | None:
     return (_bn(m.second, e) or single_value_user(m.first.node) or _stored_weight(m.first, e)
             or exclusive(e, m.first, ("weight", "bias")) or _channel_dim_is_1(m.first)
-            or (main_output(m.second.node) if isinstance(main_output(m.second.node), str) else None))
+            or _extra_outputs_used(m.second.node))
+
+
+def _extra_outputs_used(node: fx.Node) -> str | None:
+    found = main_output(node)
+    return found if isinstance(found, str) else None
 
 
 def _padding_is_exact(view: OpView) -> str | None:
-    if view.module is not None:
+    if isinstance(view.module, nn.modules.conv._ConvNd):
         padding, mode = view.module.padding, view.module.padding_mode
     else:
         kw = call_kwargs(view.node) or {}

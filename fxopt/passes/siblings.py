@@ -60,8 +60,8 @@ def fuse_group(gm: fx.GraphModule, editor: GraphEditor, group: list[OpView]) -> 
     weight = torch.cat([w.detach() for w in weights if w is not None])
     bias = None
     if any(b is not None for b in biases):
-        parts = zip(biases, sizes, strict=True)
-        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(s) for b, s in parts])
+        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(s)
+                          for b, s in zip(biases, sizes, strict=True)])
     first = group[0].node
     x = group[0].inputs[0]
     assert x is not None and x.node is not None

@@ -321,9 +321,10 @@ def allocate(groups: Sequence[Group], scores: Mapping[Group, np.ndarray], config
     if cost is None:
         raise ValueError("a budget needs a cost model")
     dense = cost.evaluate().metric(config.metric)
+    budget: float = config.budget
 
     def fits(counts: dict[Group, int]) -> bool:
-        return cost.evaluate(cost.kept_after(counts)).metric(config.metric) <= config.budget * dense * (1 + 1e-9)
+        return cost.evaluate(cost.kept_after(counts)).metric(config.metric) <= budget * dense * (1 + 1e-9)
 
     if config.scope == "global":
         counts = _bisect(lambda k: alloc.global_prefix(int(k)), 0, len(alloc.order), fits, integer=True)

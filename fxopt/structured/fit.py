@@ -9,7 +9,6 @@ SVD, without trial fits.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -197,7 +196,7 @@ def choose_rank(weight: torch.Tensor, structure: G, budget: float, *,
     errors = error_by_rank(weight, structure, activations=activations, scaling=scaling, damp=damp)
     within = (errors[1:] <= budget).nonzero()
     rank = int(within[0]) + 1 if len(within) else len(errors) - 1
-    return dataclasses.replace(structure, rank=rank)  # type: ignore[type-var]  # GridStructures are dataclasses
+    return structure.with_rank(rank)
 
 
 def check_weight(weight: torch.Tensor, bias: torch.Tensor | None, structure: Structure) -> None:
