@@ -116,15 +116,7 @@ def getitem_rule(view: OpView, facts: Facts) -> None:
             d += 1
             j += 1
             continue
-        start, stop, step = item.indices(x.shape[d])
-        if step != 1:
-            facts.freeze(x.axis(d), f"{view.node.name} takes a strided slice")
-            facts.freeze(out.axis(j), f"{view.node.name} takes a strided slice")
-        elif stop - start == x.shape[d]:
-            facts.transfer(out.axis(j), x.axis(d))
-        else:
-            facts.part(x.axis(d), start, out.axis(j))
-            facts.zero(out.axis(j), "all", [x.axis(d)])
+        facts.take(x.axis(d), *item.indices(x.shape[d]), out.axis(j))
         d += 1
         j += 1
 
@@ -184,18 +176,11 @@ def slice_rule(view: OpView, facts: Facts) -> None:
     x, out = view.inputs[0], view.out
     assert x is not None
     dim = view.attrs["dim"] % x.ndim
-    start, stop, step = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"]).indices(x.shape[dim])
     for d in range(x.ndim):
         if d != dim:
             facts.transfer(out.axis(d), x.axis(d))
-    if step != 1:
-        facts.freeze(x.axis(dim), f"{view.node.name} takes a strided slice")
-        facts.freeze(out.axis(dim), f"{view.node.name} takes a strided slice")
-    elif stop - start == x.shape[dim]:
-        facts.transfer(out.axis(dim), x.axis(dim))
-    else:
-        facts.part(x.axis(dim), start, out.axis(dim))
-        facts.zero(out.axis(dim), "all", [x.axis(dim)])
+    item = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"])
+    facts.take(x.axis(dim), *item.indices(x.shape[dim]), out.axis(dim))
 
 
 @REGISTRY.rewriter("slice")
