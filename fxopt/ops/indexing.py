@@ -116,7 +116,8 @@ def getitem_rule(view: OpView, facts: Facts) -> None:
             d += 1
             j += 1
             continue
-        facts.take(x.axis(d), *item.indices(x.shape[d]), out.axis(j))
+        start, stop, step = item.indices(x.shape[d])
+        facts.take(x.axis(d), start, stop, step, out.axis(j))
         d += 1
         j += 1
 
@@ -179,8 +180,8 @@ def slice_rule(view: OpView, facts: Facts) -> None:
     for d in range(x.ndim):
         if d != dim:
             facts.transfer(out.axis(d), x.axis(d))
-    item = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"])
-    facts.take(x.axis(dim), *item.indices(x.shape[dim]), out.axis(dim))
+    start, stop, step = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"]).indices(x.shape[dim])
+    facts.take(x.axis(dim), start, stop, step, out.axis(dim))
 
 
 @REGISTRY.rewriter("slice")
