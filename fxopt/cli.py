@@ -22,10 +22,10 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -81,24 +81,28 @@ class Progress:
             self._bar.close()
 
 
-def _ratio(text: str) -> float:
+N = TypeVar("N", int, float)
+
+
+def _number(text: str, convert: Callable[[str], N], valid: Callable[[N], bool], not_a_number: str,
+            out_of_range: str) -> N:
+    """``convert(text)`` when ``valid``; else an argparse error: ``not_a_number`` or ``out_of_range``, and the value."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"pruning ratio must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"pruning ratio must be in [0, 1), got {value:g}")
+        raise argparse.ArgumentTypeError(f"{not_a_number}, got {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{out_of_range}, got {value:g}")
     return value
+
+
+def _ratio(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 <= v < 1.0, "pruning ratio must be a number in [0, 1)",
+                   "pruning ratio must be in [0, 1)")
 
 
 def _error(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"error budget must be a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"error budget must be > 0, got {value:g}")
-    return value
+    return _number(text, float, lambda v: v > 0, "error budget must be a positive number", "error budget must be > 0")
 
 
 def _substitute(args: argparse.Namespace) -> Any:
@@ -124,13 +128,7 @@ def _target(text: str) -> str:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _number(text, int, lambda v: v >= 1, "expected a positive integer", "expected a positive integer")
 
 
 def _out(io: dict[str, TextIO], text: str = "") -> None:
