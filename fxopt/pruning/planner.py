@@ -259,31 +259,24 @@ class Allocator:
 
     def global_prefix(self, k: int) -> dict[Group, int]:
         """Units to remove when the ``k`` lowest-scoring units overall go (capped by floors, then rounded)."""
-        raw = [0] * len(self.groups)
-        caps = [g.size - self.lowest[g] for g in self.groups]
-        taken = 0
-        for _, gi, _ in self.order:
-            if taken >= k:
-                break
-            if raw[gi] < caps[gi]:
-                raw[gi] += 1
-                taken += 1
-        return {g: g.size - round_kept(g, g.size - raw[i], self.steps[g], self.lowest[g])
-                for i, g in enumerate(self.groups)}
+        return self._lowest_first(k, lambda g: 1)
 
     def global_fraction(self, ratio: float) -> dict[Group, int]:
         """Remove ``ratio`` of all eligible channels (units weighted by width), lowest scores first."""
-        total = sum(g.size * g.width for g in self.groups)
-        goal = ratio * total
+        return self._lowest_first(ratio * sum(g.size * g.width for g in self.groups), lambda g: g.width)
+
+    def _lowest_first(self, goal: float, weight: Callable[[Group], int]) -> dict[Group, int]:
+        """Units to remove, lowest scores first, until their total ``weight`` reaches ``goal`` (capped by floors,
+        then rounded)."""
         raw = [0] * len(self.groups)
         caps = [g.size - self.lowest[g] for g in self.groups]
-        removed = 0.0
+        removed = 0
         for _, gi, _ in self.order:
             if removed >= goal:
                 break
             if raw[gi] < caps[gi]:
                 raw[gi] += 1
-                removed += self.groups[gi].width
+                removed += weight(self.groups[gi])
         return {g: g.size - round_kept(g, g.size - raw[i], self.steps[g], self.lowest[g])
                 for i, g in enumerate(self.groups)}
 
