@@ -27,6 +27,7 @@ from fxopt.structured.errors import StructureError
 from fxopt.structured.grid import GridStructure
 
 G = TypeVar("G", bound=GridStructure)
+L = TypeVar("L", bound=StructuredLinear)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,20 @@ def fit(weight: torch.Tensor, structure: Structure, bias: torch.Tensor | None = 
         iterations=approx.iterations, start_error=approx.start_error, converged=approx.converged)
     return Fit(layer, report)
 
+
+
+def fitted_layer(layer_type: type[L], weight: torch.Tensor, structure: Structure, bias: torch.Tensor | None = None,
+                 *, activations: torch.Tensor | InputStats | None = None, scaling: Scaling = "whiten",
+                 damp: float = 0.01) -> L:
+    """``fit(...).layer``, checked to be the ``layer_type`` the structure builds (the layers' ``from_dense``).
+
+    Raises:
+        TypeError: ``structure`` builds another kind of layer.
+    """
+    layer = fit(weight, structure, bias, activations=activations, scaling=scaling, damp=damp).layer
+    if not isinstance(layer, layer_type):
+        raise TypeError(f"{type(structure).__name__} builds a {type(layer).__name__}, not a {layer_type.__name__}")
+    return layer
 
 def error_by_rank(weight: torch.Tensor, structure: Structure, *,
                   activations: torch.Tensor | InputStats | None = None, scaling: Scaling = "whiten",
