@@ -140,11 +140,17 @@ def report(module: torch.nn.Module) -> Report:
     Raises:
         FxoptError: when ``module`` did not come from ``optimize``.
     """
-    meta = getattr(unwrap(module), "meta", None)
-    found = meta.get("fxopt", {}).get("report") if isinstance(meta, dict) else None
+    found = _fxopt_meta(module).get("report")
     if not isinstance(found, Report):
         raise FxoptError(f"{type(module).__name__} carries no fxopt report: pass the module optimize() returned")
     return found
+
+
+def _fxopt_meta(module: torch.nn.Module) -> dict[str, Any]:
+    """What ``optimize`` stored on the graph module (``meta["fxopt"]``); empty for other modules."""
+    meta = getattr(unwrap(module), "meta", None)
+    found = meta.get("fxopt") if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def measure(original: torch.nn.Module, optimized: torch.nn.Module, example_inputs: Any = None,
@@ -169,11 +175,12 @@ def measure(original: torch.nn.Module, optimized: torch.nn.Module, example_input
         >>> print(fxopt.measure(model, fast).to_text())
     """
     found = report(optimized)
-    meta = unwrap(optimized).meta["fxopt"]
+    meta = _fxopt_meta(optimized)
     inputs = _as_tuple(example_inputs) if example_inputs is not None else meta["example_inputs"]
     timed = time_side_by_side({"original": original, "optimized": optimized}, inputs, rounds=rounds)
-    meta["report"] = found.with_measurement(timed)
-    return meta["report"]
+    measured = found.with_measurement(timed)
+    meta["report"] = measured
+    return measured
 
 
 def cost(model: torch.nn.Module, example_inputs: Any, target: str | Target = "cpu",
@@ -193,7 +200,9 @@ def cost(model: torch.nn.Module, example_inputs: Any, target: str | Target = "cp
     """
     inputs = _as_tuple(example_inputs)
     module = unwrap(model)
-    is_traced = isinstance(module, fx.GraphModule) and all(
-        "val" in n.meta for n in module.graph.nodes if n.op == "placeholder")
-    gm = module if is_traced else trace(module, inputs)
+    if isinstance(module, fx.GraphModule) and all("val" in n.meta for n in module.graph.nodes
+                                                  if n.op == "placeholder"):
+        gm = module
+    else:
+        gm = trace(module, inputs)
     return graph_cost(gm, inputs, target=get_target(target), symbolic=symbolic)

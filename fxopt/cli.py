@@ -22,10 +22,10 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -81,24 +81,28 @@ class Progress:
             self._bar.close()
 
 
-def _ratio(text: str) -> float:
+N = TypeVar("N", int, float)
+
+
+def _number(text: str, convert: Callable[[str], N], valid: Callable[[N], bool], not_a_number: str,
+            out_of_range: str) -> N:
+    """``convert(text)`` when ``valid``; else an argparse error: ``not_a_number`` or ``out_of_range``, and the value."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"pruning ratio must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"pruning ratio must be in [0, 1), got {value:g}")
+        raise argparse.ArgumentTypeError(f"{not_a_number}, got {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{out_of_range}, got {value:g}")
     return value
+
+
+def _ratio(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 <= v < 1.0, "pruning ratio must be a number in [0, 1)",
+                   "pruning ratio must be in [0, 1)")
 
 
 def _error(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"error budget must be a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"error budget must be > 0, got {value:g}")
-    return value
+    return _number(text, float, lambda v: v > 0, "error budget must be a positive number", "error budget must be > 0")
 
 
 def _substitute(args: argparse.Namespace) -> Any:
@@ -124,13 +128,7 @@ def _target(text: str) -> str:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _number(text, int, lambda v: v >= 1, "expected a positive integer", "expected a positive integer")
 
 
 def _out(io: dict[str, TextIO], text: str = "") -> None:
@@ -367,6 +365,21 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                    help="skip lowering with torch.compile")
 
 
+def _command(sub: argparse._SubParsersAction[Parser], common: Parser, name: str, func: Callable[..., int], summary: str,
+             description: str, model: bool = True) -> argparse.ArgumentParser:
+    """A sub-command running ``func``, with the common options and (unless ``model=False``) the MODEL arguments."""
+    p = sub.add_parser(name, parents=[common], help=summary, description=description)
+    p.set_defaults(func=func)
+    if model:
+        _model_args(p)
+    return p
+
+
+def _rounds_arg(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--rounds", type=_positive, default=default,
+                   help=f"timing rounds, original and optimized interleaved (default: {default})")
+
+
 def build_parser() -> Parser:
     """The argument parser of the ``fxopt`` command (every sub-command has ``--help``)."""
     parser = Parser(prog="fxopt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -379,33 +392,26 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    p = sub.add_parser("analyze", parents=[common], help="find a model's channel groups and frozen dims",
-                       description="Trace MODEL, find its zero-invariant channel groups, and print them with "
-                                   "the frozen groups and the nodes that have no channel rule.")
-    _model_args(p)
+    p = _command(sub, common, "analyze", cmd_analyze, "find a model's channel groups and frozen dims",
+                 "Trace MODEL, find its zero-invariant channel groups, and print them with the frozen groups and "
+                 "the nodes that have no channel rule.")
     p.add_argument("--limit", type=_positive, default=40, help="rows per table (default: 40)")
     p.add_argument("--json", metavar="PATH", help="also write the groups as JSON")
-    p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("optimize", parents=[common], help="optimize a model; save it and write a report",
-                       description="Run fxopt's pipeline for a target on MODEL (lossless unless --prune is "
-                                   "given), save the result and write an HTML report.")
-    _model_args(p)
+    p = _command(sub, common, "optimize", cmd_optimize, "optimize a model; save it and write a report",
+                 "Run fxopt's pipeline for a target on MODEL (lossless unless --prune is given), save the result "
+                 "and write an HTML report.")
     _optimize_args(p)
     p.add_argument("--out", metavar="PATH", help="save the optimized model (e.g. model.pt2); load it with "
                                                  "fxopt.load(PATH)")
     p.add_argument("--report", metavar="PATH", help="write the HTML report (e.g. report.html)")
     p.add_argument("--no-graph", action="store_true", help="leave the graph picture out of the report")
     p.add_argument("--no-measure", action="store_true", help="do not time the original and optimized models")
-    p.add_argument("--rounds", type=_positive, default=10,
-                   help="timing rounds, original and optimized interleaved (default: 10)")
-    p.set_defaults(func=cmd_optimize)
+    _rounds_arg(p, 10)
 
-    p = sub.add_parser("viz", parents=[common], help="draw a model's graph with its groups coloured",
-                       description="Draw MODEL's graph: nodes with op and shapes, clusters by module, each group "
-                                   "in a stable colour, frozen dims marked. Needs Graphviz's `dot` for "
-                                   "SVG/PNG/PDF; without it the .dot text is written.")
-    _model_args(p)
+    p = _command(sub, common, "viz", cmd_viz, "draw a model's graph with its groups coloured",
+                 "Draw MODEL's graph: nodes with op and shapes, clusters by module, each group in a stable colour, "
+                 "frozen dims marked. Needs Graphviz's `dot` for SVG/PNG/PDF; without it the .dot text is written.")
     p.add_argument("-o", "--output", default="graph.svg", metavar="PATH",
                    help="output file; .svg, .png, .pdf or .dot (default: graph.svg)")
     p.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="override the suffix")
@@ -413,23 +419,18 @@ def build_parser() -> Parser:
                    help="draw repeated blocks as one box each (auto: above 250 nodes)")
     p.add_argument("--show-params", action="store_true", help="draw parameter nodes of exported graphs")
     p.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="layout direction (default: TB)")
-    p.set_defaults(func=cmd_viz)
 
-    p = sub.add_parser("bench", parents=[common], help="time a model before and after optimization",
-                       description="Optimize MODEL and time the original and the optimized forward pass side by "
-                                   "side, in interleaved rounds (median and spread; a warning when the machine "
-                                   "is too busy for the figures to hold), beside the latency fxopt predicts.")
-    _model_args(p)
+    p = _command(sub, common, "bench", cmd_bench, "time a model before and after optimization",
+                 "Optimize MODEL and time the original and the optimized forward pass side by side, in "
+                 "interleaved rounds (median and spread; a warning when the machine is too busy for the figures "
+                 "to hold), beside the latency fxopt predicts.")
     _optimize_args(p)
-    p.add_argument("--rounds", type=_positive, default=15,
-                   help="timing rounds, original and optimized interleaved (default: 15)")
+    _rounds_arg(p, 15)
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("list", parents=[common], help="list the built-in models",
-                       description="List the built-in model names MODEL accepts.")
+    p = _command(sub, common, "list", cmd_list, "list the built-in models",
+                 "List the built-in model names MODEL accepts.", model=False)
     p.add_argument("--family", choices=("torchvision", "timm", "hf"), help="only this family")
-    p.set_defaults(func=cmd_list)
     return parser
 
 

@@ -228,15 +228,15 @@ class GraphEditor:
     def set_submodule(self, path: str, module: torch.nn.Module) -> None:
         """Install ``module`` at ``path`` (replacing what was there)."""
         owner, leaf = _owner(self.gm, path)
-        old = owner._modules.get(leaf, _MISSING)
+        had, old = leaf in owner._modules, owner._modules.get(leaf)
         setattr(owner, leaf, module)
         self._aliases = None
 
         def undo() -> None:
-            if old is _MISSING:
-                delattr(owner, leaf)
+            if had:
+                owner._modules[leaf] = old
             else:
-                owner._modules[leaf] = old  # type: ignore[assignment]
+                delattr(owner, leaf)
 
         self._log("set_module", path, type(module).__name__, undo)
 

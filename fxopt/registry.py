@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, overload
 
 from fxopt.errors import FxoptError
 
@@ -118,3 +118,25 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry[{self.kind}]({', '.join(self.names())})"
+
+
+class FactoryRegistry(Generic[T]):
+    """A registry whose ``register`` and ``get`` take more than a plain ``Registry`` does (criterion instances,
+    ready targets), kept over one ``Registry`` of factories: the names and ``scoped()`` are that registry's.
+
+    Args:
+        factories: the underlying registry.
+    """
+
+    def __init__(self, factories: Registry[T]) -> None:
+        self.factories = factories
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return self.factories.names()
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[Self]:
+        """Context in which registrations are private; they are dropped at exit."""
+        with self.factories.scoped():
+            yield self

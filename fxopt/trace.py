@@ -145,7 +145,7 @@ def _inline_regions(gm: fx.GraphModule) -> None:
         if region is None:
             continue
         sub, operands = region
-        env: dict[fx.Node, object] = {}
+        env: dict[fx.Node, fx.node.Argument] = {}
         placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
         for ph, value in zip(placeholders, operands):
             env[ph] = value

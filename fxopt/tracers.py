@@ -156,7 +156,7 @@ def known_output(module: torch.nn.Module, args: Sequence[Any], kwargs: dict[str,
         if w.dim() != 2 or w.shape[1] != x.shape[-1] or (b is not None and tuple(b.shape) != (w.shape[0],)):
             return None
         return x.new_empty(*x.shape[:-1], w.shape[0], dtype=torch.promote_types(x.dtype, w.dtype))
-    if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d) and len(args) == 1:
+    if isinstance(module, _PLAIN_CONVS) and type(module) in _PLAIN_CONVS and len(args) == 1:  # not subclasses
         return _conv_output(module, x)
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and len(args) == 1 and x.dim() >= 2:
         stats = [t for t in (module.weight, module.bias, module.running_mean, module.running_var) if t is not None]
@@ -254,7 +254,7 @@ class ShapeTracer(LeafTracer):
         self._evaluating = True
         try:
             with self.mode:
-                if node.op == "call_function":
+                if node.op == "call_function" and callable(node.target):
                     return node.target(*args, **kwargs)
                 if node.op == "call_method":
                     return getattr(args[0], str(node.target))(*args[1:], **kwargs)
@@ -267,6 +267,7 @@ class ShapeTracer(LeafTracer):
         return None
 
 
+_PLAIN_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
@@ -283,7 +284,7 @@ def _conv_output(conv: torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Conv3d, x: t
     if conv.padding == "same":
         sizes = list(x.shape[2:])
     else:
-        padding = (0,) * spatial if conv.padding == "valid" else tuple(conv.padding)
+        padding = (0,) * spatial if isinstance(conv.padding, str) else tuple(conv.padding)  # str: "valid"
         sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
                  zip(x.shape[2:], padding, conv.dilation, w.shape[2:], conv.stride)]
     if min(sizes) < 1:

@@ -269,10 +269,10 @@ def analyze_graph(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), regist
             gid += "'"
         used_ids.add(gid)
         size = len(next(iter(index.values())))
-        frozen_class = next((c for c in classes if table.frozen_reason(c) is not None), None)
-        if frozen_class is not None:
-            frozen.append(FrozenGroup(gid, size, table.frozen_reason(frozen_class), table.frozen_site(frozen_class),
-                                      members))
+        frozen_why = next(((c, why) for c in classes if (why := table.frozen_reason(c)) is not None), None)
+        if frozen_why is not None:
+            frozen_class, reason = frozen_why
+            frozen.append(FrozenGroup(gid, size, reason, table.frozen_site(frozen_class), members))
             continue
         exact, why, sink_names = zeros.check(classes)
         width = _width(table, first_atoms, classes, index)

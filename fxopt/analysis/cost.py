@@ -199,7 +199,12 @@ def symbolic_values(gm: fx.GraphModule, inputs: Sequence[Any]) -> tuple[dict[fx.
     Raises:
         Exception: whatever the graph raises when its sizes are specialized (the caller falls back).
     """
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StatelessSymbolicContext,
+        SymbolicContext,
+    )
 
     env = ShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=env, allow_non_fake_inputs=True)
@@ -212,11 +217,13 @@ def symbolic_values(gm: fx.GraphModule, inputs: Sequence[Any]) -> tuple[dict[fx.
         dims = _dynamic_dims(x)
         shape = [max(2, int(s)) if d in dims else int(s) for d, s in enumerate(x.shape)]
         real = torch.zeros(shape, dtype=x.dtype)
-        ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC
-                                                      for d in range(x.ndim)])
+        ctx: SymbolicContext = StatelessSymbolicContext(
+            dynamic_sizes=[DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC for d in range(x.ndim)])
         fake = mode.from_tensor(real, symbolic_context=ctx)
         for d, sym in dims.items():
-            renames[fake.shape[d].node.expr] = sym
+            size = fake.shape[d]
+            assert isinstance(size, torch.SymInt), f"dim {d} was marked dynamic but came out static"
+            renames[size.node.expr] = sym
         fakes.append(fake)
     rec = _Recorder(gm)
     with mode:
@@ -289,7 +296,9 @@ def graph_cost(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), target: R
         if isinstance(x, torch.Tensor):
             for d, sym in _dynamic_dims(x).items():
                 bindings.setdefault(sym.name, int(x.shape[d]))
-    values, renames, ok = None, {}, False
+    values: dict[fx.Node, Any] | None = None
+    renames: dict[Any, sympy.Symbol] = {}
+    ok = False
     info = gm.meta.get("fxopt", {}).get("trace") if isinstance(gm.meta.get("fxopt"), dict) else None
     symbolic = symbolic and getattr(info, "frontend", "fx") != "export"  # export graphs have baked-in sizes
     if symbolic and inputs:
@@ -299,11 +308,13 @@ def graph_cost(gm: fx.GraphModule, example_inputs: Sequence[Any] = (), target: R
         except Exception as exc:  # specialized graphs fail in many ways; all mean "use the example shapes"
             log.debug("symbolic shapes failed for %s: %s", type(gm).__name__, exc)
     rows = _rows(gm, values, renames, bindings) if ok else None
-    if rows is not None and not _agrees(rows, _rows(gm, None, {}, bindings) or [], bindings):
+    example = _rows(gm, None, {}, bindings)
+    assert example is not None, "only symbolic values can leave a stray symbol"
+    if rows is not None and not _agrees(rows, example, bindings):
         log.debug("symbolic costs disagree with the example shapes; using the example shapes")
         rows = None
     if rows is None:
-        rows = _rows(gm, None, {}, bindings)
+        rows = example
         ok = False
         bindings = {k: v for k, v in bindings.items() if k == "B"}
     return CostTable(tuple(rows), bindings, ok, target)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from fxopt.kernels.triton_blockdiag import blockdiag
-from fxopt.kernels.triton_tiles import exact_fp32, tile, token_tile
+from fxopt.kernels.triton_tiles import dot, exact_fp32, tile, token_tile
 
 
 @triton.jit
@@ -34,10 +34,7 @@ def _couple_project_kernel(z_ptr, s_ptr, u_ptr, y_ptr, T, B, P, R, IEEE: tl.cons
         ut = tl.load(u_ptr + i * P * R + ps[None, :] * R + rs[:, None], mask=(rs[:, None] < R) & (ps[None, :] < P),
                      other=0.0)
         wd = w.to(ut.dtype)
-        if IEEE:
-            acc += tl.dot(wd, ut, input_precision="ieee")
-        else:
-            acc += tl.dot(wd, ut)
+        acc += dot(wd, ut, IEEE)
     tl.store(y_ptr + ts[:, None] * (B * P) + i * P + ps[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(ts[:, None] < T) & (ps[None, :] < P))
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fxopt.kernels.triton_tiles import exact_fp32, tile, token_tile
+from fxopt.kernels.triton_tiles import dot, exact_fp32, tile, token_tile
 
 
 @triton.jit
@@ -27,10 +27,7 @@ def _blockdiag_kernel(x_ptr, w_ptr, y_ptr, T, B, P, Q, SHUFFLE_IN: tl.constexpr,
                      other=0.0)
         wt = tl.load(w_ptr + blk * P * Q + ps[None, :] * Q + ks[:, None], mask=(ps[None, :] < P) & (ks[:, None] < Q),
                      other=0.0)
-        if IEEE:
-            acc += tl.dot(xt, wt, input_precision="ieee")
-        else:
-            acc += tl.dot(xt, wt)
+        acc += dot(xt, wt, IEEE)
     outs = ps * B + blk if SHUFFLE_OUT else blk * P + ps
     tl.store(y_ptr + ts[:, None] * (B * P) + outs[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(ts[:, None] < T) & (ps[None, :] < P))

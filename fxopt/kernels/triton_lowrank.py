@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fxopt.kernels.triton_tiles import exact_fp32, tile, token_tile
+from fxopt.kernels.triton_tiles import dot, exact_fp32, tile, token_tile
 
 
 @triton.jit
@@ -29,16 +29,10 @@ def _lowrank_kernel(x_ptr, u_ptr, v_ptr, y_ptr, T, M, N, R, IEEE: tl.constexpr, 
                          other=0.0)
             vt = tl.load(v_ptr + rs[None, :] * N + ks[:, None], mask=(rs[None, :] < R) & (ks[:, None] < N),
                          other=0.0)
-            if IEEE:
-                h += tl.dot(xt, vt, input_precision="ieee")
-            else:
-                h += tl.dot(xt, vt)
+            h += dot(xt, vt, IEEE)
         ut = tl.load(u_ptr + ms[None, :] * R + rs[:, None], mask=(rs[:, None] < R) & (ms[None, :] < M), other=0.0)
         hd = h.to(ut.dtype)  # the intermediate is rounded to the input dtype, as the torch path stores it
-        if IEEE:
-            acc += tl.dot(hd, ut, input_precision="ieee")
-        else:
-            acc += tl.dot(hd, ut)
+        acc += dot(hd, ut, IEEE)
     tl.store(y_ptr + ts[:, None] * M + ms[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(ts[:, None] < T) & (ms[None, :] < M))
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fxopt.kernels.triton_tiles import exact_fp32, tile, token_tile
+from fxopt.kernels.triton_tiles import dot, exact_fp32, tile, token_tile
 
 
 @triton.jit
@@ -32,17 +32,11 @@ def _monarch_kernel(x_ptr, right_ptr, left_ptr, y_ptr, T, ROWS, COLS, P, Q, R, S
                          mask=(ts[:, None] < T) & (ks[None, :] < Q), other=0.0)
             rt = tl.load(right_ptr + j * (ROWS * R * Q) + (i * R + rs[None, :]) * Q + ks[:, None],
                          mask=(rs[None, :] < R) & (ks[:, None] < Q), other=0.0)
-            if IEEE:
-                h += tl.dot(xt, rt, input_precision="ieee")
-            else:
-                h += tl.dot(xt, rt)
+            h += dot(xt, rt, IEEE)
         lt = tl.load(left_ptr + i * P * (COLS * R) + ps[None, :] * (COLS * R) + j * R + rs[:, None],
                      mask=(rs[:, None] < R) & (ps[None, :] < P), other=0.0)
         hd = h.to(lt.dtype)  # the intermediate is rounded to the input dtype, as the torch path stores it
-        if IEEE:
-            acc += tl.dot(hd, lt, input_precision="ieee")
-        else:
-            acc += tl.dot(hd, lt)
+        acc += dot(hd, lt, IEEE)
     outs = ps * ROWS + i if SHUFFLE else i * P + ps
     tl.store(y_ptr + ts[:, None] * (ROWS * P) + outs[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(ts[:, None] < T) & (ps[None, :] < P))

@@ -1,9 +1,11 @@
-"""Tile sizes shared by the Triton kernels (``tl.dot`` needs every tile dimension to be at least 16)."""
+"""Tile sizes and the tile product shared by the Triton kernels (``tl.dot`` needs every tile dimension to be at least
+16)."""
 
 from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
 
 def tile(size: int, largest: int) -> int:
@@ -27,3 +29,13 @@ def token_tile(tokens: int) -> int:
 def exact_fp32(dtype: torch.dtype) -> bool:
     """Whether the kernel's dots run in IEEE fp32 (fp32 inputs, matching torch's default of no TF32)."""
     return dtype == torch.float32
+
+
+@triton.jit
+def dot(a, b, IEEE: tl.constexpr):
+    """``tl.dot(a, b)``; in IEEE fp32, without TF32, when ``IEEE`` (``exact_fp32`` says when)."""
+    if IEEE:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out

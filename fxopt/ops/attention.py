@@ -9,6 +9,8 @@ An attention head of the output is zero when the value head is.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from typing import Any
 
 import sympy
 import torch
@@ -73,7 +75,7 @@ def matmul_rule(view: OpView, facts: Facts) -> None:
 
 def _einsum_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     eq = node.args[0]
-    ops = node.args[1:]
+    ops: Sequence[Any] = node.args[1:]
     if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
         ops = ops[0]
     return OpView(node, kind, tuple(ref_of(o) for o in ops), {}, {"equation": eq}, output_refs(node))
@@ -196,6 +198,7 @@ def sdpa_rewrite(view: OpView, resizer: Resizer) -> None:
 def _mha_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     path = str(node.target)
     m = gm.get_submodule(path)
+    assert isinstance(m, nn.MultiheadAttention), "the mha form is registered for nn.MultiheadAttention only"
     b = bind(node, ["query", "key", "value"])
     params = {n: param_ref(path, n, getattr(m, n, None)) for n in ("in_proj_weight", "in_proj_bias")}
     params["out_weight"] = param_ref(f"{path}.out_proj", "weight", m.out_proj.weight)

@@ -102,11 +102,7 @@ def split_rule(view: OpView, facts: Facts) -> None:
         for d in range(x.ndim):
             if d != dim:
                 facts.transfer(out.axis(d), x.axis(d))
-        if out.shape[dim] == x.shape[dim]:
-            facts.transfer(out.axis(dim), x.axis(dim))
-        else:
-            facts.part(x.axis(dim), offset, out.axis(dim))
-            facts.zero(out.axis(dim), "all", [x.axis(dim)])
+        facts.take(x.axis(dim), offset, offset + out.shape[dim], 1, out.axis(dim))
         offset += out.shape[dim]
 
 

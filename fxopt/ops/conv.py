@@ -106,7 +106,7 @@ def conv_rewrite(view: OpView, resizer: Resizer) -> None:
     new_groups = resizer.new_size(groups_axis(view, groups)) if groups > 1 else 1
     m = view.module
     if m is not None:
-        w = m.weight
+        w = view.module_tensor("weight")
         transposed = view.attrs["transposed"]
         resizer.set_module_attr(view, "groups", new_groups)
         resizer.set_module_attr(view, "in_channels", w.shape[0] if transposed else w.shape[1] * new_groups)

@@ -73,10 +73,13 @@ _register_unary("unary_const", *NOT_ZERO_PRESERVING)
 
 def _keeps_zero(low: object, high: object) -> bool:
     """Whether clamping to ``[low, high]`` (``None``: unbounded) maps 0 to 0; tensor bounds are not known."""
-    def number(v: object) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    def holds_zero(bound: object, side: int) -> bool:
+        """``bound`` is unbounded, or a number on the ``side`` (-1: at or below, 1: at or above) of 0."""
+        if bound is None:
+            return True
+        return isinstance(bound, (int, float)) and not isinstance(bound, bool) and side * bound >= 0
 
-    return (low is None or (number(low) and low <= 0)) and (high is None or (number(high) and high >= 0))
+    return holds_zero(low, -1) and holds_zero(high, 1)
 
 
 def _clamp_form(low: str | None, high: str | None,
@@ -88,7 +91,9 @@ def _clamp_form(low: str | None, high: str | None,
     def normalize(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
         if node.op == "call_module":  # nn.Hardtanh
             module = gm.get_submodule(str(node.target))
-            bounds, x = (module.min_val, module.max_val), node.args[0] if node.args else None
+            assert isinstance(module, nn.Hardtanh), "the only clamp-like module is nn.Hardtanh (and ReLU6)"
+            bounds: tuple[object, object] = (module.min_val, module.max_val)
+            x = node.args[0] if node.args else None
         else:
             b = bind(node, names, defaults)
             bounds, x = (b.get(low) if low else None, b.get(high) if high else None), b.get("input")
@@ -267,8 +272,8 @@ def prelu_rule(view: OpView, facts: Facts) -> None:
 @REGISTRY.rewriter("prelu")
 def prelu_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``num_parameters`` in step with the sliced slope."""
-    if view.module is not None and view.module.weight.shape[0] > 1:
-        resizer.set_module_attr(view, "num_parameters", view.module.weight.shape[0])
+    if view.module is not None and view.module_tensor("weight").shape[0] > 1:
+        resizer.set_module_attr(view, "num_parameters", view.module_tensor("weight").shape[0])
 
 
 # ---------------------------------------------------------------- costs

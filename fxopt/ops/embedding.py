@@ -11,14 +11,14 @@ from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, bind, register
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.resize import Resizer
-from fxopt.ops.view import OpView, output_refs, param_ref, ref_of
+from fxopt.ops.view import OpView, output_refs, param_ref, ref_of, tensor_attr
 
 
 def _embedding_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
-        return OpView(node, kind, (ref_of(node.args[0]),), {"weight": param_ref(str(node.target), "weight", m.weight)},
-                      {}, output_refs(node), m)
+        weight = param_ref(str(node.target), "weight", tensor_attr(m, "weight"))
+        return OpView(node, kind, (ref_of(node.args[0]),), {"weight": weight}, {}, output_refs(node), m)
     if node.target is F.embedding:
         b = bind(node, ["input", "weight"])
     else:
@@ -45,7 +45,7 @@ def embedding_rule(view: OpView, facts: Facts) -> None:
 def embedding_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``embedding_dim`` in step with the sliced table."""
     if view.module is not None:
-        resizer.set_module_attr(view, "embedding_dim", view.module.weight.shape[1])
+        resizer.set_module_attr(view, "embedding_dim", view.module_tensor("weight").shape[1])
 
 
 REGISTRY.cost("embedding")(memory_cost)

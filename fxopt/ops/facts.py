@@ -117,6 +117,20 @@ class Facts:
         assert self.node is not None
         self.parts.append(Part(self.node, big, start, small))
 
+    def take(self, src: Axis, start: int, stop: int, step: int, dst: Axis) -> None:
+        """``dst`` holds ``src[start:stop:step]`` (slice, split, narrow): all of ``src``'s channels, or a contiguous
+        part of them; a strided range interleaves channels, so it freezes both."""
+        if step != 1:
+            assert self.node is not None
+            reason = f"{self.node.name} takes a strided slice"
+            self.freeze(src, reason)
+            self.freeze(dst, reason)
+        elif stop - start == src.size:
+            self.transfer(dst, src)
+        else:
+            self.part(src, start, dst)
+            self.zero(dst, "all", [src])
+
     def freeze(self, axis: Axis, reason: str) -> None:
         """``axis`` may not be pruned."""
         self.table.freeze(self.var(axis), reason, self.node.name if self.node is not None else None)

@@ -42,10 +42,11 @@ def tuple_item_rule(view: OpView, facts: Facts) -> None:
     """Element of a multi-output op: the same tensor (or, for a nested tuple, the same tensors in order)."""
     if not view.outputs:
         return
-    if any(x is None for x in view.inputs) or len(view.inputs) != len(view.outputs):
+    inputs = [x for x in view.inputs if x is not None]
+    if len(inputs) != len(view.inputs) or len(inputs) != len(view.outputs):
         facts.barrier(view, f"{view.node.name} takes an element the analysis cannot see", "")
         return
-    for x, out in zip(view.inputs, view.outputs):
+    for x, out in zip(inputs, view.outputs):
         for a, b in zip(x.axes(), out.axes()):
             facts.transfer(b, a)
 
@@ -116,14 +117,7 @@ def getitem_rule(view: OpView, facts: Facts) -> None:
             j += 1
             continue
         start, stop, step = item.indices(x.shape[d])
-        if step != 1:
-            facts.freeze(x.axis(d), f"{view.node.name} takes a strided slice")
-            facts.freeze(out.axis(j), f"{view.node.name} takes a strided slice")
-        elif stop - start == x.shape[d]:
-            facts.transfer(out.axis(j), x.axis(d))
-        else:
-            facts.part(x.axis(d), start, out.axis(j))
-            facts.zero(out.axis(j), "all", [x.axis(d)])
+        facts.take(x.axis(d), start, stop, step, out.axis(j))
         d += 1
         j += 1
 
@@ -183,18 +177,11 @@ def slice_rule(view: OpView, facts: Facts) -> None:
     x, out = view.inputs[0], view.out
     assert x is not None
     dim = view.attrs["dim"] % x.ndim
-    start, stop, step = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"]).indices(x.shape[dim])
     for d in range(x.ndim):
         if d != dim:
             facts.transfer(out.axis(d), x.axis(d))
-    if step != 1:
-        facts.freeze(x.axis(dim), f"{view.node.name} takes a strided slice")
-        facts.freeze(out.axis(dim), f"{view.node.name} takes a strided slice")
-    elif stop - start == x.shape[dim]:
-        facts.transfer(out.axis(dim), x.axis(dim))
-    else:
-        facts.part(x.axis(dim), start, out.axis(dim))
-        facts.zero(out.axis(dim), "all", [x.axis(dim)])
+    start, stop, step = slice(view.attrs["start"], view.attrs["stop"], view.attrs["step"]).indices(x.shape[dim])
+    facts.take(x.axis(dim), start, stop, step, out.axis(dim))
 
 
 @REGISTRY.rewriter("slice")

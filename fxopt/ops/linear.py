@@ -12,7 +12,7 @@ from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, module_form, register
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.resize import Resizer
-from fxopt.ops.view import OpView
+from fxopt.ops.view import Axis, OpView
 
 register("linear", [nn.Linear, nn.LazyLinear], module_form())
 register("linear", [F.linear] + aten_ops("linear"), function_form(["input", "weight", "bias"], ["input"],
@@ -39,7 +39,7 @@ def linear_rule(view: OpView, facts: Facts) -> None:
 def linear_rewrite(view: OpView, resizer: Resizer) -> None:
     """Keep ``in_features``/``out_features`` in step with the sliced weight."""
     if view.module is not None:
-        out_features, in_features = view.module.weight.shape
+        out_features, in_features = view.module_tensor("weight").shape
         resizer.set_module_attr(view, "out_features", out_features)
         resizer.set_module_attr(view, "in_features", in_features)
 
@@ -67,7 +67,7 @@ def addmm_rule(view: OpView, facts: Facts) -> None:
     facts.same(x.axis(1), w.axis(0))
     facts.sink(x.axis(1), True, f"{view.node.name} sums over its input features", alternatives=[w.axis(0)])
     facts.same(out.axis(1), w.axis(1))
-    srcs = [w.axis(1)]
+    srcs: list[Axis | None] = [w.axis(1)]
     if b is not None:
         for d in range(1, b.ndim + 1):
             if b.shape[-d] == out.shape[-d] and b.shape[-d] != 1:
@@ -75,7 +75,7 @@ def addmm_rule(view: OpView, facts: Facts) -> None:
         if b.shape[-1] == out.shape[-1]:
             srcs.append(b.axis(-1))
         else:
-            srcs.append(None)  # type: ignore[arg-type]
+            srcs.append(None)
     facts.zero(out.axis(1), "all", srcs)
 
 

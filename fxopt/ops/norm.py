@@ -17,7 +17,7 @@ from fxopt.ops.facts import Facts
 from fxopt.ops.forms import aten_ops, function_form, int_list, module_form, register
 from fxopt.ops.registry import REGISTRY
 from fxopt.ops.resize import Resizer
-from fxopt.ops.view import Axis, OpView
+from fxopt.ops.view import Axis, OpView, tensor_attr
 
 BN_MODULES = [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm]
 IN_MODULES = [nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d]
@@ -68,6 +68,7 @@ def batch_norm_rewrite(view: OpView, resizer: Resizer) -> None:
 
 
 def _ln_attrs(m: nn.Module) -> dict[str, Any]:
+    assert isinstance(m, (nn.LayerNorm, nn.RMSNorm)), "registered for LayerNorm and RMSNorm only"
     return {"normalized_shape": list(m.normalized_shape)}
 
 
@@ -168,7 +169,7 @@ def group_norm_rewrite(view: OpView, resizer: Resizer) -> None:
     groups = int(view.attrs["num_groups"])
     new_groups = resizer.new_size(gn_groups_axis(view, groups))
     if view.module is not None:
-        weight = view.module.weight
+        weight = tensor_attr(view.module, "weight")
         resizer.set_module_attr(view, "num_groups", new_groups)
         resizer.set_module_attr(view, "num_channels", weight.shape[0] if weight is not None else None)
     elif new_groups != groups:

@@ -58,18 +58,25 @@ def spatial_rule(view: OpView, facts: Facts) -> None:
         facts.freeze(x.axis(d), "spatial dim")
 
 
+CONSTANT_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                        nn.ConstantPad3d)
+COPY_PAD_MODULES = (nn.ReflectionPad2d, nn.ReplicationPad2d)  # the border copies inner values: no fill value
+
+
 def _pad_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
-        return OpView(node, kind, (ref_of(node.args[0]),), {}, {"pad": list(m.padding), "value": m.value},
+        if not isinstance(m, CONSTANT_PAD_MODULES + COPY_PAD_MODULES):
+            raise TypeError(f"{node.name}: {type(m).__name__} is not a padding module the pad rule knows")
+        value = m.value if isinstance(m, CONSTANT_PAD_MODULES) else None
+        return OpView(node, kind, (ref_of(node.args[0]),), {}, {"pad": list(m.padding), "value": value},
                       output_refs(node), m)
     b = bind(node, ["input", "pad", "mode", "value"] if node.target is F.pad else ["input", "pad", "value"])
     return OpView(node, kind, (ref_of(b.get("input")),), {}, {"pad": b.get("pad"), "value": b.get("value", 0)},
                   output_refs(node))
 
 
-register("pad", [F.pad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
-                 nn.ConstantPad3d, nn.ReflectionPad2d, nn.ReplicationPad2d]
+register("pad", [F.pad, *CONSTANT_PAD_MODULES, *COPY_PAD_MODULES]
          + aten_ops("constant_pad_nd", "pad", "reflection_pad2d", "replication_pad2d"), _pad_form)
 
 

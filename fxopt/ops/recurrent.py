@@ -111,7 +111,7 @@ def rnn_rule(view: OpView, facts: Facts) -> None:
         facts.freeze(s.axis(0), f"layers x directions of {name}'s state")
         if s.ndim == 3:
             facts.same(s.axis(1), x.axis(0 if _batch_first(view) else 1))
-    producers += [s.axis(-1) for s in states if not _is_zeros(s)]
+    producers += [s.axis(-1) for s in states if s is not None and not _is_zeros(s)]
     out, *finals = view.outputs
     for d in range(x.ndim - 1):
         facts.transfer(out.axis(d), x.axis(d))

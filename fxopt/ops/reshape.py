@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -91,7 +92,8 @@ def size_args(node: fx.Node) -> tuple[list[Any], bool]:
     """The size list of view/reshape/expand-like calls and whether it was passed as varargs."""
     rest = list(node.args[1:])
     if "size" in node.kwargs or "shape" in node.kwargs:
-        return list(node.kwargs.get("size", node.kwargs.get("shape"))), False
+        size = node.kwargs.get("size", node.kwargs.get("shape"))
+        return (list(size) if isinstance(size, (list, tuple)) else [size]), False
     if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
         return list(rest[0]), False
     return rest, True
@@ -106,9 +108,9 @@ def reads_changed_size(value: Any, resizer: Resizer, depth: int = 0) -> bool:
         if isinstance(src, fx.Node) and _is_whole_shape_read(src):
             t = ref_of(src.args[0])
             return t is not None and resizer.changed(t.axis(value.args[1]))
-    if value.op == "call_method" and value.target == "size" and len(value.args) > 1:
+    if value.op == "call_method" and value.target == "size" and len(value.args) > 1 and isinstance(value.args[1], int):
         t = ref_of(value.args[0])
-        return t is not None and resizer.changed(t.axis(int(value.args[1])))
+        return t is not None and resizer.changed(t.axis(value.args[1]))
     t = ref_of(value)
     if t is not None:
         return any(resizer.changed(a) for a in t.axes())
@@ -185,9 +187,10 @@ def _permute_form(node: fx.Node, gm: fx.GraphModule, kind: str) -> OpView:
     xr = ref_of(x)
     nd = xr.ndim if xr is not None else 0
     if name in ("permute",):
-        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+        dims: Sequence[Any] = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
         if not dims:
-            dims = node.kwargs.get("dims", [])
+            given = node.kwargs.get("dims", [])
+            dims = given if isinstance(given, (list, tuple)) else [given]
         perm = [int(d) % nd for d in dims]
     elif name in ("transpose", "swapaxes", "transpose_", "swapdims"):
         b = bind(node, ["input", "dim0", "dim1"])

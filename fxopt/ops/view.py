@@ -86,11 +86,36 @@ class OpView:
         """The single output (first output of multi-output ops)."""
         return self.outputs[0]
 
+    def module_tensor(self, name: str) -> torch.Tensor:
+        """The tensor attribute ``name`` (parameter or buffer) of this node's leaf module.
+
+        Raises:
+            ValueError: the node is not a ``call_module`` node, or its module has no tensor ``name``.
+        """
+        if self.module is None:
+            raise ValueError(f"{self.node.name} is not a call_module node: it has no module tensor {name!r}")
+        tensor = tensor_attr(self.module, name)
+        if tensor is None:
+            raise ValueError(f"{self.node.name}'s {type(self.module).__name__} has no tensor {name!r}")
+        return tensor
+
     def tensors(self) -> list[TensorRef]:
         """Every tensor the node touches: inputs, parameters and outputs."""
         found = [t for t in self.inputs if t is not None]
         found += [t for t in self.params.values() if t is not None]
         return found + list(self.outputs)
+
+
+def tensor_attr(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """A module's tensor attribute (parameter or buffer), ``None`` when it is absent or set to ``None``.
+
+    Raises:
+        TypeError: the attribute exists but holds something other than a tensor.
+    """
+    value = getattr(module, name, None)
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    raise TypeError(f"{type(module).__name__}.{name} is a {type(value).__name__}, not a tensor")
 
 
 def shape_of(value: Any) -> tuple[int, ...] | None:

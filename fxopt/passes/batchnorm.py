@@ -33,6 +33,8 @@ def bn_affine(view: OpView, editor: GraphEditor) -> Affine | str:
     """
     if view.module is not None:
         m = view.module
+        if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            return f"{type(m).__name__} is not a batch norm module"
         if m.training:
             return "batch norm is in training mode (it normalizes with batch statistics)"
         eps = float(m.eps)

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from fxopt.ops.forms import int_list
 from fxopt.ops.view import OpView
@@ -86,11 +87,16 @@ def _channel_dim_is_1(view: OpView) -> str | None:
 def _producer_checks(m: Match, e: GraphEditor) -> str | None:
     return (_bn(m.second, e) or single_value_user(m.first.node) or _stored_weight(m.first, e)
             or exclusive(e, m.first, ("weight", "bias")) or _channel_dim_is_1(m.first)
-            or (main_output(m.second.node) if isinstance(main_output(m.second.node), str) else None))
+            or _extra_outputs_used(m.second.node))
+
+
+def _extra_outputs_used(node: fx.Node) -> str | None:
+    found = main_output(node)
+    return found if isinstance(found, str) else None
 
 
 def _padding_is_exact(view: OpView) -> str | None:
-    if view.module is not None:
+    if isinstance(view.module, nn.modules.conv._ConvNd):
         padding, mode = view.module.padding, view.module.padding_mode
     else:
         kw = call_kwargs(view.node) or {}
@@ -137,12 +143,18 @@ def _channel_shape(ndim: int, dim: int, size: int) -> list[int]:
     return shape
 
 
+def _layer_tensors(layer: OpView, e: GraphEditor) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """The conv's or linear's stored weight and bias, and the weight's qualified name (the checks made sure)."""
+    ref = layer.params["weight"]
+    w, b = param_tensor(e, ref), param_tensor(e, layer.params.get("bias"))
+    assert w is not None and ref is not None and ref.qualname is not None
+    return w, b, ref.qualname
+
+
 def _fold_into_producer(m: Match, e: GraphEditor) -> None:
     prod, bn = m.first, m.second
     aff = _affine(bn, e)
-    w = param_tensor(e, prod.params["weight"])
-    b = param_tensor(e, prod.params.get("bias"))
-    assert w is not None and prod.params["weight"] is not None
+    w, b, w_name = _layer_tensors(prod, e)
     w64 = w.detach().double()
     if prod.kind == "conv" and prod.attrs.get("transposed"):
         groups = int(prod.attrs.get("groups", 1) or 1)
@@ -152,7 +164,7 @@ def _fold_into_producer(m: Match, e: GraphEditor) -> None:
     else:
         new_w = w64 * aff.scale.reshape(_channel_shape(w64.ndim, 0, w64.shape[0]))
     old_b = b.detach().double() if b is not None else torch.zeros_like(aff.scale)
-    e.set_tensor(str(prod.params["weight"].qualname), new_w.to(w.dtype), f"folded {bn.node.name}")
+    e.set_tensor(w_name, new_w.to(w.dtype), f"folded {bn.node.name}")
     set_bias(e, prod, (old_b * aff.scale + aff.shift).to(w.dtype))
     out = main_output(bn.node)
     assert not isinstance(out, str)
@@ -163,9 +175,7 @@ def _fold_into_producer(m: Match, e: GraphEditor) -> None:
 def _fold_into_consumer(m: Match, e: GraphEditor) -> None:
     bn, cons = m.first, m.second
     aff = _affine(bn, e)
-    w = param_tensor(e, cons.params["weight"])
-    b = param_tensor(e, cons.params.get("bias"))
-    assert w is not None and cons.params["weight"] is not None
+    w, b, w_name = _layer_tensors(cons, e)
     w64 = w.detach().double()
     out_c, in_pg = w64.shape[0], w64.shape[1]
     groups = int(cons.attrs.get("groups", 1) or 1) if cons.kind == "conv" else 1
@@ -174,7 +184,7 @@ def _fold_into_consumer(m: Match, e: GraphEditor) -> None:
     scale, shift = aff.scale[idx].reshape(out_c, in_pg, *extra), aff.shift[idx].reshape(out_c, in_pg, *extra)
     old_b = b.detach().double() if b is not None else torch.zeros(out_c, dtype=torch.float64)
     new_b = old_b + (w64 * shift).sum(dim=tuple(range(1, w64.ndim)))
-    e.set_tensor(str(cons.params["weight"].qualname), (w64 * scale).to(w.dtype), f"folded {bn.node.name}")
+    e.set_tensor(w_name, (w64 * scale).to(w.dtype), f"folded {bn.node.name}")
     set_bias(e, cons, new_b.to(w.dtype))
     out = main_output(bn.node)
     x = bn.inputs[0]
@@ -192,25 +202,30 @@ BN_CONV = Pattern("fold_bn_input", frozenset({"batch_norm"}), frozenset({"conv",
 """eval-mode batch norm followed by a conv (without zero padding) or a linear on (N, C) inputs."""
 
 
+@dataclass(frozen=True)
+class BatchNormFolding(Pass):
+    """The batch-norm folding passes: each applies its one pattern until nothing more folds."""
+
+    pattern: ClassVar[Pattern]
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        """Fold every pair the pass's pattern matches."""
+        return run_patterns(gm, ctx, str(self), [self.pattern])
+
+
 @register_pass
 @dataclass(frozen=True)
-class FoldBatchNormPass(Pass):
+class FoldBatchNormPass(BatchNormFolding):
     """Fold eval-mode batch norms into the conv, conv-transpose or linear that produces their input (exact)."""
 
     name: ClassVar[str] = "fold_bn"
-
-    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        """Fold every foldable producer -> batch norm pair."""
-        return run_patterns(gm, ctx, str(self), [CONV_BN])
+    pattern: ClassVar[Pattern] = CONV_BN
 
 
 @register_pass
 @dataclass(frozen=True)
-class FoldBatchNormInputPass(Pass):
+class FoldBatchNormInputPass(BatchNormFolding):
     """Fold eval-mode batch norms into the conv or linear that reads them, where that is exact."""
 
     name: ClassVar[str] = "fold_bn_input"
-
-    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        """Fold every foldable batch norm -> consumer pair."""
-        return run_patterns(gm, ctx, str(self), [BN_CONV])
+    pattern: ClassVar[Pattern] = BN_CONV

@@ -117,6 +117,8 @@ def _contiguous(node: fx.Node, gm: fx.GraphModule) -> str | None:
     val = _val(src)
     if val is None:
         return "no tensor value recorded"
+    if not isinstance(fmt, torch.memory_format):
+        return f"memory format {fmt!r} is not a constant"
     return None if val.is_contiguous(memory_format=fmt) else ""
 
 

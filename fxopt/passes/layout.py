@@ -108,8 +108,10 @@ class ChannelsLastPass(Pass):
                 break
             except PassError as exc:
                 node = next((n for n in gm.graph.nodes if n.name == exc.node), None)
-                srcs = [i for i in node.all_input_nodes if _is_cl(i.meta.get("val"))] if node is not None else []
-                if not srcs or not re.search(r"stride|contiguous|view", str(exc)):
+                if node is None or not re.search(r"stride|contiguous|view", str(exc)):
+                    raise
+                srcs = [i for i in node.all_input_nodes if _is_cl(i.meta.get("val"))]
+                if not srcs:
                     raise
                 for src in srcs:
                     _to_format(editor, node, src, torch.contiguous_format)

@@ -163,6 +163,7 @@ class LowerPass(Pass):
         except Exception as exc:  # inductor fails in many ways (compiler, unsupported op); all mean "stay eager"
             log.warning("torch.compile failed, keeping the eager module: %s", exc)
             return self._fallback(f"{type(exc).__name__}: {_first_line(exc)}")
+        assert isinstance(compiled, torch.nn.Module), "torch.compile wraps a module in an OptimizedModule"
         ctx.lowered = compiled
         seconds = time.perf_counter() - start
         enabled = [k for k, v in options.items() if v is True]

@@ -74,6 +74,14 @@ def param_tensor(editor: GraphEditor, ref: TensorRef | None) -> torch.Tensor | N
     return editor.tensor(ref.qualname)
 
 
+def stored_matrix(editor: GraphEditor, view: OpView) -> str | None:
+    """Reason why ``view``'s weight is not a stored floating-point matrix (a linear's), else ``None``."""
+    w = param_tensor(editor, view.params.get("weight"))
+    if w is None or w.ndim != 2 or not w.is_floating_point():
+        return f"{view.node.name}'s weight is not a stored floating-point matrix"
+    return None
+
+
 def exclusive(editor: GraphEditor, view: OpView, roles: Sequence[str]) -> str | None:
     """Reason why the parameters ``roles`` of ``view`` are not exclusively its own, else ``None``.
 

@@ -15,14 +15,22 @@ import torch.fx as fx
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.fold_bn import set_bias
-from fxopt.passes.match import Check, Match, Pattern, exclusive, param_tensor, run_patterns, single_user
+from fxopt.passes.match import (
+    Check,
+    Match,
+    Pattern,
+    exclusive,
+    param_tensor,
+    run_patterns,
+    single_user,
+    stored_matrix,
+)
 
 
 def _stored(m: Match, e: GraphEditor) -> str | None:
-    for view in (m.first, m.second):
-        w = param_tensor(e, view.params.get("weight"))
-        if w is None or w.ndim != 2 or not w.is_floating_point():
-            return f"{view.node.name}'s weight is not a stored floating-point matrix"
+    reason = stored_matrix(e, m.first) or stored_matrix(e, m.second)
+    if reason:
+        return reason
     w1, w2 = param_tensor(e, m.first.params["weight"]), param_tensor(e, m.second.params["weight"])
     assert w1 is not None and w2 is not None
     if w1.dtype != w2.dtype or w1.device != w2.device:

@@ -60,7 +60,7 @@ def to_half(gm: fx.GraphModule, editor: GraphEditor, dtype: torch.dtype) -> None
 def to_int8_dynamic(gm: fx.GraphModule, editor: GraphEditor) -> None:
     """Swap every ``nn.Linear`` leaf for a dynamically quantized int8 linear."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-    from torch.ao.quantization import default_dynamic_qconfig
+    from torch.ao.quantization import default_dynamic_qconfig, propagate_qconfig_
 
     for node in gm.graph.nodes:
         view = view_of(node, gm)
@@ -70,7 +70,7 @@ def to_int8_dynamic(gm: fx.GraphModule, editor: GraphEditor) -> None:
             editor.skip("int8_dynamic", node, "only nn.Linear modules are quantized")
             continue
         module = view.module
-        module.qconfig = default_dynamic_qconfig
+        propagate_qconfig_(module, {torch.nn.Linear: default_dynamic_qconfig})
         editor.set_submodule(str(node.target), DynamicLinear.from_float(module))
 
 

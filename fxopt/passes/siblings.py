@@ -18,14 +18,11 @@ import torch.nn.functional as F
 from fxopt.ops.view import OpView
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
-from fxopt.passes.match import exclusive, param_tensor, view_of
+from fxopt.passes.match import exclusive, param_tensor, stored_matrix, view_of
 
 
 def _eligible(view: OpView, editor: GraphEditor) -> str | None:
-    w = param_tensor(editor, view.params.get("weight"))
-    if w is None or w.ndim != 2 or not w.is_floating_point():
-        return "weight is not a stored floating-point matrix"
-    return exclusive(editor, view, ("weight", "bias"))
+    return stored_matrix(editor, view) or exclusive(editor, view, ("weight", "bias"))
 
 
 def sibling_groups(gm: fx.GraphModule, editor: GraphEditor, min_siblings: int) -> list[list[OpView]]:
@@ -60,8 +57,8 @@ def fuse_group(gm: fx.GraphModule, editor: GraphEditor, group: list[OpView]) -> 
     weight = torch.cat([w.detach() for w in weights if w is not None])
     bias = None
     if any(b is not None for b in biases):
-        parts = zip(biases, sizes, strict=True)
-        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(s) for b, s in parts])
+        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(s)
+                          for b, s in zip(biases, sizes, strict=True)])
     first = group[0].node
     x = group[0].inputs[0]
     assert x is not None and x.node is not None

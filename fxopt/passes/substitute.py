@@ -31,7 +31,7 @@ from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
 from fxopt.passes.editor import GraphEditor
 from fxopt.passes.match import exclusive, view_of
 from fxopt.pruning.calibration import Calibration, eval_mode
-from fxopt.structured.calibration import SCALINGS, InputStats
+from fxopt.structured.calibration import SCALINGS, InputStats, Scaling
 from fxopt.structured.choose import (
     FAMILIES,
     Choice,
@@ -88,7 +88,7 @@ class SubstitutePass(Pass):
     layers: tuple[str, ...] = ()
     min_features: int = 64
     blocks: tuple[int, ...] = (2, 4, 8)
-    scaling: str = "whiten"
+    scaling: Scaling = "whiten"
     speed_gate: bool = True
     measure: bool = False
 
@@ -118,7 +118,7 @@ class SubstitutePass(Pass):
     def options_for_choosing(self) -> Options:
         """The chooser's options."""
         return Options(self.structure, self.max_error, self.params, self.flops, self.blocks,
-                       self.scaling, self.speed_gate, self.measure)  # type: ignore[arg-type]
+                       self.scaling, self.speed_gate, self.measure)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         """Choose per layer, enforce the model budget, swap the modules in; metrics list every layer replaced."""
@@ -220,6 +220,8 @@ def _site(kind: str, node: fx.Node, gm: fx.GraphModule, calls: int) -> tuple[str
     val = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
     if not isinstance(val, torch.Tensor):
         return "unsupported: the input has no recorded shape", None
+    weight: torch.Tensor
+    bias: torch.Tensor | None
     if kind == "linear":
         if type(module) is not nn.Linear:
             return f"unsupported: {type(module).__name__} is not an nn.Linear", None

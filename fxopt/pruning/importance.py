@@ -24,9 +24,8 @@ Users add criteria by subclassing ``Criterion`` and registering it, or pass any 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,7 +38,7 @@ from fxopt.errors import PruneError
 from fxopt.pruning.calibration import CalibrationCache, Watch, batch_gradients
 from fxopt.pruning.readers import Reader, find_readers, readers_of
 from fxopt.pruning.units import dim_sums, get_tensor, member_sums, unit_slices
-from fxopt.registry import Registry
+from fxopt.registry import FactoryRegistry, Registry
 
 log = logging.getLogger(__name__)
 
@@ -302,11 +301,11 @@ class FunctionCriterion(Criterion):
         return [np.asarray(self.fn(ctx, group), dtype=np.float64)]
 
 
-class CriterionRegistry:
+class CriterionRegistry(FactoryRegistry[Callable[..., Criterion]]):
     """Criteria by name: a ``Registry`` of Criterion classes whose ``create`` also takes instances and functions."""
 
     def __init__(self) -> None:
-        self.factories: Registry[Callable[..., Criterion]] = Registry("criterion", PruneError, plural="criteria")
+        super().__init__(Registry("criterion", PruneError, plural="criteria"))
 
     def register(self, name: str) -> Callable[[type[Criterion]], type[Criterion]]:
         """Class decorator: make ``Criterion`` subclass available as ``name``."""
@@ -332,15 +331,6 @@ class CriterionRegistry:
             return FunctionCriterion(fn=spec, **options)
         raise TypeError(f"a criterion is a name, a Criterion or a function, not {type(spec).__name__}")
 
-    def names(self) -> list[str]:
-        """Registered criterion names."""
-        return self.factories.names()
-
-    @contextlib.contextmanager
-    def scoped(self) -> Iterator[CriterionRegistry]:
-        """Registrations made inside the block are dropped at exit."""
-        with self.factories.scoped():
-            yield self
 
 
 CRITERIA = CriterionRegistry()

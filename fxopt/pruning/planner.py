@@ -259,31 +259,24 @@ class Allocator:
 
     def global_prefix(self, k: int) -> dict[Group, int]:
         """Units to remove when the ``k`` lowest-scoring units overall go (capped by floors, then rounded)."""
-        raw = [0] * len(self.groups)
-        caps = [g.size - self.lowest[g] for g in self.groups]
-        taken = 0
-        for _, gi, _ in self.order:
-            if taken >= k:
-                break
-            if raw[gi] < caps[gi]:
-                raw[gi] += 1
-                taken += 1
-        return {g: g.size - round_kept(g, g.size - raw[i], self.steps[g], self.lowest[g])
-                for i, g in enumerate(self.groups)}
+        return self._lowest_first(k, lambda g: 1)
 
     def global_fraction(self, ratio: float) -> dict[Group, int]:
         """Remove ``ratio`` of all eligible channels (units weighted by width), lowest scores first."""
-        total = sum(g.size * g.width for g in self.groups)
-        goal = ratio * total
+        return self._lowest_first(ratio * sum(g.size * g.width for g in self.groups), lambda g: g.width)
+
+    def _lowest_first(self, goal: float, weight: Callable[[Group], int]) -> dict[Group, int]:
+        """Units to remove, lowest scores first, until their total ``weight`` reaches ``goal`` (capped by floors,
+        then rounded)."""
         raw = [0] * len(self.groups)
         caps = [g.size - self.lowest[g] for g in self.groups]
-        removed = 0.0
+        removed = 0
         for _, gi, _ in self.order:
             if removed >= goal:
                 break
             if raw[gi] < caps[gi]:
                 raw[gi] += 1
-                removed += self.groups[gi].width
+                removed += weight(self.groups[gi])
         return {g: g.size - round_kept(g, g.size - raw[i], self.steps[g], self.lowest[g])
                 for i, g in enumerate(self.groups)}
 
@@ -321,9 +314,10 @@ def allocate(groups: Sequence[Group], scores: Mapping[Group, np.ndarray], config
     if cost is None:
         raise ValueError("a budget needs a cost model")
     dense = cost.evaluate().metric(config.metric)
+    budget: float = config.budget
 
     def fits(counts: dict[Group, int]) -> bool:
-        return cost.evaluate(cost.kept_after(counts)).metric(config.metric) <= config.budget * dense * (1 + 1e-9)
+        return cost.evaluate(cost.kept_after(counts)).metric(config.metric) <= budget * dense * (1 + 1e-9)
 
     if config.scope == "global":
         counts = _bisect(lambda k: alloc.global_prefix(int(k)), 0, len(alloc.order), fits, integer=True)

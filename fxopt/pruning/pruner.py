@@ -253,13 +253,14 @@ def plan_only(analysis: Analysis, config: PruneConfig, scores: Mapping[Group, Se
               round_to: int = 1) -> dict[Group, list[int]]:
     """The removals ``prune`` would make with given (or L2) scores, without removing anything."""
     eligible, _, _ = select_groups(analysis, config, module_types(analysis.gm))
-    if scores is None:
-        ctx = ImportanceContext(analysis, CalibrationCache(analysis, None))
-        scores = score_groups(ctx, eligible, make_criterion("l2", None))
     import numpy as np
 
-    removals, _, _ = make_plan(analysis, eligible, {g: np.asarray(s) for g, s in scores.items()}, config, round_to,
-                               cost=CostModel(analysis))
+    if scores is None:
+        ctx = ImportanceContext(analysis, CalibrationCache(analysis, None))
+        arrays = score_groups(ctx, eligible, make_criterion("l2", None))
+    else:
+        arrays = {g: np.asarray(s) for g, s in scores.items()}
+    removals, _, _ = make_plan(analysis, eligible, arrays, config, round_to, cost=CostModel(analysis))
     return removals
 
 

@@ -11,14 +11,16 @@ plus one addition per output for the bias; ``macs_per_token`` is the multiply-ad
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 import torch.nn as nn
 
 from fxopt.ops.structured import FactorLayout
 from fxopt.structured.calibration import InputTransform
+from fxopt.structured.errors import StructureError
 
 
 def dense_flops(out_features: int, in_features: int, tokens: int = 1, bias: bool = True) -> int:
@@ -144,6 +146,7 @@ class Approximation:
     converged: bool = True
 
 
+@dataclass(frozen=True)
 class Structure(abc.ABC):
     """Options of one structure; subclasses are frozen dataclasses (plain values that print as text).
 
@@ -155,6 +158,16 @@ class Structure(abc.ABC):
     """The layer class's name, for messages."""
     fit_options: ClassVar[tuple[str, ...]] = ()
     """Fields that steer fitting only (iteration limits), left out of the layer's repr."""
+
+    def with_rank(self, rank: int) -> Self:
+        """This structure with ``rank`` replaced, its other options unchanged.
+
+        Raises:
+            StructureError: the structure has no rank (block-diagonal).
+        """
+        if "rank" not in {f.name for f in dataclasses.fields(self)}:
+            raise StructureError(f"{self.layer_name} has no rank to set")
+        return dataclasses.replace(self, **{"rank": rank})  # a subclass field: the base declares none
 
     def resolved(self, out_features: int, in_features: int) -> Structure:
         """The structure with every option that depends on the shape made explicit (default splits)."""

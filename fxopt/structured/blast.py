@@ -25,7 +25,7 @@ from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.blast_fit import refine_blast
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
 from fxopt.structured.errors import StructureError, divisors
-from fxopt.structured.fit import fit
+from fxopt.structured.fit import fitted_layer
 from fxopt.structured.grid import cut, uncut
 
 
@@ -140,10 +140,8 @@ class BlastLinear(StructuredLinear):
         Returns:
             The fitted layer, in the weight's dtype and device.
         """
-        layer = fit(weight, Blast(blocks, rank, max_iter, tol), bias, activations=activations, scaling=scaling,
-                    damp=damp).layer
-        assert isinstance(layer, cls)
-        return layer
+        return fitted_layer(cls, weight, Blast(blocks, rank, max_iter, tol), bias, activations=activations,
+                            scaling=scaling, damp=damp)
 
     @property
     def structure(self) -> Blast:

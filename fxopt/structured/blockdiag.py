@@ -21,7 +21,7 @@ from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.base import Approximation, Structure, StructuredLinear
 from fxopt.structured.calibration import InputStats, InputTransform, Scaling
 from fxopt.structured.errors import StructureError, divisors
-from fxopt.structured.fit import fit
+from fxopt.structured.fit import fitted_layer
 from fxopt.structured.grid import cut
 
 
@@ -118,9 +118,8 @@ class BlockDiagonalLinear(StructuredLinear):
         Returns:
             The fitted layer, in the weight's dtype and device.
         """
-        layer = fit(weight, BlockDiagonal(blocks), bias, activations=activations, scaling=scaling, damp=damp).layer
-        assert isinstance(layer, cls)
-        return layer
+        return fitted_layer(cls, weight, BlockDiagonal(blocks), bias, activations=activations, scaling=scaling,
+                            damp=damp)
 
     @property
     def structure(self) -> BlockDiagonal:

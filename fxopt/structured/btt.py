@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from fxopt.structured.calibration import InputStats, Scaling
-from fxopt.structured.fit import fit
+from fxopt.structured.fit import fitted_layer
 from fxopt.structured.grid import GridLinear, GridStructure, checked_split
 
 
@@ -97,9 +97,8 @@ class BTTLinear(GridLinear):
         Returns:
             The fitted layer, in the weight's dtype and device.
         """
-        layer = fit(weight, BTT(rank, m1, n0), bias, activations=activations, scaling=scaling, damp=damp).layer
-        assert isinstance(layer, cls)
-        return layer
+        return fitted_layer(cls, weight, BTT(rank, m1, n0), bias, activations=activations, scaling=scaling,
+                            damp=damp)
 
     @property
     def structure(self) -> BTT:

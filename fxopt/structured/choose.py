@@ -284,7 +284,7 @@ def _fastest_rank(site: Site, base: Blast, target: Roofline | None, limit: float
     low, high = 0, _max_rank(base, m, n) + 1  # faster at low (rank 0: vacuous), not at high
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if _time(_candidate(site, dataclasses.replace(base, rank=mid), target)) < limit \
+        low, high = (mid, high) if _time(_candidate(site, base.with_rank(mid), target)) < limit \
             else (low, mid)
     return low
 
@@ -295,8 +295,8 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
     (the reason appended to ``refused``)."""
     m, n = site.weight.shape
     bias = m if site.bias is not None else 0
-    if not isinstance(base, (GridStructure, Blast)):  # block-diagonal: no rank, one size
-        weights = m * n // base.blocks  # type: ignore[attr-defined]
+    if isinstance(base, BlockDiagonal):  # no rank, one size
+        weights = m * n // base.blocks
         over = _over_cap(site, weights, 2 * weights + bias, options)
         if over:
             refused.append((over[0], f"{_family(base, m, n)} keeps {over[1]}"))
@@ -315,7 +315,7 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
                                   + ("" if category == "no saving" else _caps(options))))
         return None
     if options.max_error is None:
-        return dataclasses.replace(base, rank=cap)  # type: ignore[type-var]
+        return base.with_rank(cap)
     if isinstance(base, Blast):
         return _blast_rank(site, base, options, stats, cap if limit is None else min(cap, limit), refused)
     errors = error_by_rank(site.weight, base, activations=stats, scaling=options.scaling)
@@ -326,13 +326,14 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
                                        f"({need * unit / (m * n):.2f}x the dense parameters); rank {cap} gives error "
                                        f"{float(errors[cap]):.3g}{_caps(options)}"))
         return None
-    return dataclasses.replace(base, rank=need)  # type: ignore[type-var]
+    return base.with_rank(need)
 
 
 def _blast_rank(site: Site, base: Blast, options: Options, stats: InputStats | None, cap: int,
                 refused: Refusals) -> Blast | None:
     """The smallest BLAST rank within the budget, by bisection over fits (Monarch's rank bounds it)."""
     assert options.max_error is not None
+    max_error: float = options.max_error
     m, n = site.weight.shape
     monarch = error_by_rank(site.weight, Monarch(base.blocks, 1), activations=stats, scaling=options.scaling)
     within = (monarch[1:] <= options.max_error).nonzero()
@@ -341,7 +342,7 @@ def _blast_rank(site: Site, base: Blast, options: Options, stats: InputStats | N
     def ok(rank: int) -> bool:  # refinement never raises the error: a short search fit bounds the full one
         search = dataclasses.replace(base, rank=rank, max_iter=min(base.max_iter, SEARCH_ITERATIONS))
         report = fit(site.weight, search, activations=stats, scaling=options.scaling).report
-        return budget_error(report) <= options.max_error  # type: ignore[operator]
+        return budget_error(report) <= max_error
 
     if not ok(high):
         refused.append(("over budget", f"{_family(base, m, n)} at rank {high} has error above {options.max_error:g}"
@@ -369,8 +370,7 @@ def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats |
         if not isinstance(structure, GridStructure) or structure.rank >= _max_rank(structure, m, n):
             refused.append(("over budget", failed))
             return None
-        bigger = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n),  # type: ignore[type-var]
-                                                         structure.rank + max(1, structure.rank // 4)))
+        bigger = structure.with_rank(min(_max_rank(structure, m, n), structure.rank + max(1, structure.rank // 4)))
         candidate = _candidate(site, bigger, target)
         if _over_cap(site, candidate.params - (m if site.bias is not None else 0), candidate.flops, options):
             refused.append(("over budget", f"{failed}; a larger rank breaks the caps or saves nothing"))
@@ -447,7 +447,7 @@ def _where(target: Roofline | None, options: Options) -> str:
 
 def label(structure: Structure) -> str:
     """The structure without its fitting options or defaults (``Blast(blocks=4, rank=96)``)."""
-    fields = dataclasses.fields(structure)  # type: ignore[arg-type]  # structures are dataclasses
+    fields = dataclasses.fields(structure)
     options = ", ".join(f"{f.name}={getattr(structure, f.name)!r}" for f in fields if f.name == "rank" or (
         f.name not in structure.fit_options and getattr(structure, f.name) != f.default))
     return f"{type(structure).__name__}({options})"
@@ -456,7 +456,7 @@ def label(structure: Structure) -> str:
 def _family(structure: Structure, m: int, n: int) -> str:
     """The structure without its rank, shape options explicit (``Monarch(blocks=4)``, ``BTT(m1=16, n0=16)``)."""
     resolved = structure.resolved(m, n)
-    fields = dataclasses.fields(resolved)  # type: ignore[arg-type]  # structures are dataclasses
+    fields = dataclasses.fields(resolved)
     options = ", ".join(f"{f.name}={getattr(resolved, f.name)!r}" for f in fields
                         if f.name not in ("rank", "shuffle", *resolved.fit_options))
     return f"{type(resolved).__name__}({options})" if options else type(resolved).__name__

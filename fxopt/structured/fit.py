@@ -9,7 +9,6 @@ SVD, without trial fits.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +27,7 @@ from fxopt.structured.errors import StructureError
 from fxopt.structured.grid import GridStructure
 
 G = TypeVar("G", bound=GridStructure)
+L = TypeVar("L", bound=StructuredLinear)
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,20 @@ def fit(weight: torch.Tensor, structure: Structure, bias: torch.Tensor | None = 
     return Fit(layer, report)
 
 
+
+def fitted_layer(layer_type: type[L], weight: torch.Tensor, structure: Structure, bias: torch.Tensor | None = None,
+                 *, activations: torch.Tensor | InputStats | None = None, scaling: Scaling = "whiten",
+                 damp: float = 0.01) -> L:
+    """``fit(...).layer``, checked to be the ``layer_type`` the structure builds (the layers' ``from_dense``).
+
+    Raises:
+        TypeError: ``structure`` builds another kind of layer.
+    """
+    layer = fit(weight, structure, bias, activations=activations, scaling=scaling, damp=damp).layer
+    if not isinstance(layer, layer_type):
+        raise TypeError(f"{type(structure).__name__} builds a {type(layer).__name__}, not a {layer_type.__name__}")
+    return layer
+
 def error_by_rank(weight: torch.Tensor, structure: Structure, *,
                   activations: torch.Tensor | InputStats | None = None, scaling: Scaling = "whiten",
                   damp: float = 0.01) -> torch.Tensor:
@@ -197,7 +211,7 @@ def choose_rank(weight: torch.Tensor, structure: G, budget: float, *,
     errors = error_by_rank(weight, structure, activations=activations, scaling=scaling, damp=damp)
     within = (errors[1:] <= budget).nonzero()
     rank = int(within[0]) + 1 if len(within) else len(errors) - 1
-    return dataclasses.replace(structure, rank=rank)  # type: ignore[type-var]  # GridStructures are dataclasses
+    return structure.with_rank(rank)
 
 
 def check_weight(weight: torch.Tensor, bias: torch.Tensor | None, structure: Structure) -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fxopt.kernels.dispatch import layer_uses_ops
 from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.calibration import InputStats, Scaling
-from fxopt.structured.fit import fit
+from fxopt.structured.fit import fitted_layer
 from fxopt.structured.grid import GridLayer, GridStructure
 
 
@@ -94,9 +94,8 @@ class LowRankLinear(GridLayer):
         Returns:
             The fitted layer, in the weight's dtype and device.
         """
-        layer = fit(weight, LowRank(rank), bias, activations=activations, scaling=scaling, damp=damp).layer
-        assert isinstance(layer, cls)
-        return layer
+        return fitted_layer(cls, weight, LowRank(rank), bias, activations=activations, scaling=scaling,
+                            damp=damp)
 
     @property
     def structure(self) -> LowRank:

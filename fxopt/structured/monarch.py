@@ -19,7 +19,7 @@ import torch
 
 from fxopt.structured.calibration import InputStats, Scaling
 from fxopt.structured.errors import StructureError, divisors
-from fxopt.structured.fit import fit
+from fxopt.structured.fit import fitted_layer
 from fxopt.structured.grid import GridLinear, GridStructure
 
 
@@ -96,10 +96,8 @@ class MonarchLinear(GridLinear):
         Returns:
             The fitted layer, in the weight's dtype and device.
         """
-        layer = fit(weight, Monarch(blocks, rank, shuffle), bias, activations=activations, scaling=scaling,
-                    damp=damp).layer
-        assert isinstance(layer, cls)
-        return layer
+        return fitted_layer(cls, weight, Monarch(blocks, rank, shuffle), bias, activations=activations,
+                            scaling=scaling, damp=damp)
 
     @property
     def structure(self) -> Monarch:

@@ -33,7 +33,8 @@ def _cpuinfo() -> tuple[set[str], float]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return set(), 2.5
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
+    found = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    flags = set(found.group(1).split()) if found is not None else set()
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
     return flags, (max(mhz) / 1000 if mhz else 2.5)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from fxopt.registry import Registry
+from fxopt.registry import FactoryRegistry, Registry
 from fxopt.targets.cpu import detect_cpu
 from fxopt.targets.gpus import a100, h100, h200
 from fxopt.targets.spec import Target
@@ -13,11 +12,11 @@ from fxopt.targets.spec import Target
 TargetFactory = Callable[[], Target]
 
 
-class TargetRegistry:
+class TargetRegistry(FactoryRegistry[TargetFactory]):
     """Target factories by name: a ``Registry`` that also takes ready Targets and passes a Target through."""
 
     def __init__(self) -> None:
-        self.factories: Registry[TargetFactory] = Registry("target")
+        super().__init__(Registry("target"))
 
     def register(self, name: str, factory: TargetFactory | Target) -> None:
         """Register a target (or a function building it) under ``name``."""
@@ -37,15 +36,6 @@ class TargetRegistry:
             return target
         return self.factories.get(target)()
 
-    def names(self) -> list[str]:
-        """Registered names, sorted."""
-        return self.factories.names()
-
-    @contextlib.contextmanager
-    def scoped(self) -> Iterator[TargetRegistry]:
-        """Context in which registrations are private and dropped at exit."""
-        with self.factories.scoped():
-            yield self
 
 
 TARGETS = TargetRegistry()

@@ -139,7 +139,7 @@ def check_zero_invariance(model: torch.nn.Module | Analysis, example_inputs: Any
     """
     if isinstance(model, Analysis):
         analysis = model
-    if analysis is None:
+    elif analysis is None:
         analysis = analyze(model, example_inputs)
     inputs = run_inputs(analysis, example_inputs)
     results = [check_group(analysis, g, inputs, fraction, tol)

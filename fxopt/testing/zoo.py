@@ -224,7 +224,11 @@ def _build_timm(name: str) -> nn.Module:
 def _timm_natural(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     import timm
 
-    size = int(timm.get_pretrained_cfg(name).input_size[-1])
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(f"timm has no pretrained config for {name!r}, so no natural input size; use a zoo "
+                         f"entry with explicit inputs")
+    size = int(cfg.input_size[-1])
     return _build_timm(name), _image_inputs(size)
 
 
@@ -331,54 +335,58 @@ def _causal_lm(arch: str, **overrides: Any) -> nn.Module:
     config_cls = getattr(transformers, f"{arch}Config")
     model_cls = getattr(transformers, f"{arch}ForCausalLM")
     dims = {**_TEXT_DIMS, "num_key_value_heads": 2, **overrides}
-    config = config_cls(**dims, use_cache=False, attn_implementation="sdpa")
-    return HFTokenWrapper(model_cls(config), ("logits",))
+    return HFTokenWrapper(_hf_model(config_cls, model_cls, **dims, use_cache=False), ("logits",))
+
+
+def _hf_model(config_cls: Callable[..., Any], model_cls: Callable[[Any], nn.Module], **config: Any) -> nn.Module:
+    """``model_cls(config_cls(**config))`` with SDPA attention: the config classes take these keys through
+    ``**kwargs`` (their signatures do not list them), so they are passed as one mapping."""
+    return model_cls(config_cls(**config, attn_implementation="sdpa"))
 
 
 def _hf_bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(**_TEXT_DIMS, attn_implementation="sdpa")
-    return HFTokenWrapper(BertModel(config), ("last_hidden_state", "pooler_output"))
+    return HFTokenWrapper(_hf_model(BertConfig, BertModel, **_TEXT_DIMS), ("last_hidden_state", "pooler_output"))
 
 
 def _hf_gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
+    model = _hf_model(
+        GPT2Config, GPT2LMHeadModel,
         vocab_size=_VOCAB, n_embd=128, n_layer=2, n_head=4, n_inner=256, n_positions=128,
         bos_token_id=_VOCAB - 1, eos_token_id=_VOCAB - 1, use_cache=False,
-        attn_implementation="sdpa",
     )  # fmt: skip
-    return HFTokenWrapper(GPT2LMHeadModel(config), ("logits",))
+    return HFTokenWrapper(model, ("logits",))
 
 
 def _hf_t5() -> nn.Module:
     from transformers import T5Config, T5Model
 
-    config = T5Config(
+    model = _hf_model(
+        T5Config, T5Model,
         vocab_size=_VOCAB, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2,
-        num_heads=4, decoder_start_token_id=0, use_cache=False, attn_implementation="sdpa",
+        num_heads=4, decoder_start_token_id=0, use_cache=False,
     )  # fmt: skip
-    return HFSeq2SeqWrapper(T5Model(config), ("last_hidden_state", "encoder_last_hidden_state"))
+    return HFSeq2SeqWrapper(model, ("last_hidden_state", "encoder_last_hidden_state"))
 
 
 def _hf_opt() -> nn.Module:
     from transformers import OPTConfig, OPTForCausalLM
 
-    config = OPTConfig(
+    model = _hf_model(
+        OPTConfig, OPTForCausalLM,
         vocab_size=_VOCAB, hidden_size=128, word_embed_proj_dim=128, ffn_dim=256,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-        use_cache=False, attn_implementation="sdpa",
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, use_cache=False,
     )  # fmt: skip
-    return HFTokenWrapper(OPTForCausalLM(config), ("logits",))
+    return HFTokenWrapper(model, ("logits",))
 
 
 def _hf_vit() -> nn.Module:
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(**_VISION_DIMS, attn_implementation="sdpa")
-    return HFPixelWrapper(ViTModel(config), ("last_hidden_state", "pooler_output"))
+    return HFPixelWrapper(_hf_model(ViTConfig, ViTModel, **_VISION_DIMS), ("last_hidden_state", "pooler_output"))
 
 
 def _clip_text_config() -> dict[str, Any]:
@@ -391,21 +399,17 @@ def _clip_text_config() -> dict[str, Any]:
 def _hf_clip() -> nn.Module:
     from transformers import CLIPConfig, CLIPModel
 
-    config = CLIPConfig(
-        text_config=_clip_text_config(),
-        vision_config={**_VISION_DIMS, "projection_dim": 64},
-        projection_dim=64,
-        attn_implementation="sdpa",
-    )
+    model = _hf_model(CLIPConfig, CLIPModel, text_config=_clip_text_config(),
+                      vision_config={**_VISION_DIMS, "projection_dim": 64}, projection_dim=64)
     fields = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
-    return HFTextImageWrapper(CLIPModel(config), fields)
+    return HFTextImageWrapper(model, fields)
 
 
 def _hf_clip_vision() -> nn.Module:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(**_VISION_DIMS, attn_implementation="sdpa")
-    return HFPixelWrapper(CLIPVisionModel(config), ("last_hidden_state", "pooler_output"))
+    model = _hf_model(CLIPVisionConfig, CLIPVisionModel, **_VISION_DIMS)
+    return HFPixelWrapper(model, ("last_hidden_state", "pooler_output"))
 
 
 _Factory = Callable[[], nn.Module]

@@ -10,8 +10,12 @@ import io
 import logging
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fxopt.viz.layers import LayerRow
+
+if TYPE_CHECKING:  # matplotlib is optional: imported where a chart is drawn
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +35,12 @@ def matplotlib_available() -> bool:
     return True
 
 
-def _svg(fig: object) -> str:
+def _svg(fig: Figure) -> str:
     import matplotlib
 
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fxopt"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight")  # type: ignore[attr-defined]
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
     text = re.sub(r"<\?xml[^>]*\?>\s*", "", text)
     text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)

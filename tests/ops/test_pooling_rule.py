@@ -74,3 +74,19 @@ def test_roll_over_channels_freezes_them_but_roll_over_space_does_not(rig):
     assert (g.id, g.exact) == ("a.weight/0", True)
     assert rig.frozen(a, "b.weight/0").reason == "rolled dim"
     rig.errors(a)
+
+
+@pytest.mark.parametrize("pad", [nn.ReflectionPad2d, nn.ReplicationPad2d])
+def test_pad_reflection_module_copies_zero_channels_exact(rig, pad):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.p, self.b = nn.Conv2d(3, 8, 1), pad(1), nn.Conv2d(8, 2, 3)
+
+        def forward(self, x):
+            return self.b(self.p(self.a(x)))
+
+    a = rig.analyze(Net(), torch.randn(2, 3, 6, 6))
+    (g,) = a.groups
+    assert (g.size, g.exact) == (8, True)
+    assert all(e < 1e-6 for e in rig.errors(a).values())
