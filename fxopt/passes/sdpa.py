@@ -111,7 +111,8 @@ def _read_scale(view: OpView, chain: fx.Node, gm: fx.GraphModule) -> Piece | str
     other, first = _other(view, chain)
     name = view.node.name
     if isinstance(other, fx.Node):
-        return f"{name} scales the scores by {other.name}, a tensor computed by the graph, not a constant"
+        what = "a tensor" if isinstance(other.meta.get("val"), torch.Tensor) else "a number (from sizes?)"
+        return f"{name} scales the scores by {other.name}, {what} computed by the graph, not a constant"
     if isinstance(other, bool) or not isinstance(other, (int, float)) or not math.isfinite(other) or other == 0:
         return f"{name} scales the scores by {other!r}, not a finite non-zero constant"
     if view.kind == "div":

@@ -44,7 +44,7 @@ def test_pipeline_for_cpu_lowers_with_freezing_and_no_sibling_fusion() -> None:
 
 def test_pipeline_for_gpu_fuses_siblings_and_autotunes_without_tf32_by_default() -> None:
     passes = pipeline_for(get_target("h100"), OptimizeOptions())
-    assert _names(passes) == ["cleanup", "fuse(siblings=True)", "channels_last",
+    assert _names(passes) == ["cleanup", "fuse(siblings=True)", "sdpa", "channels_last",
                               "lower(mode='max-autotune',freezing=True,cuda_graphs=True)"]
 
 
