@@ -31,6 +31,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -274,7 +275,7 @@ def _back_to_scores(node: fx.Node, gm: fx.GraphModule, depth: int = 0) -> tuple[
 
 def _forward_to_out(softmax: fx.Node, gm: fx.GraphModule) -> tuple[OpView, list[Step]] | str:
     """The matmul of the weights with v, through ``WEIGHTS_LINKS``, or why the weights go elsewhere."""
-    node, steps = softmax, []
+    node, steps = softmax, list[Step]()
     for _ in range(MAX_LINKS):
         user = _single_user(node)
         if user is None:
@@ -326,7 +327,8 @@ def match_attention(softmax: fx.Node, gm: fx.GraphModule) -> Attention | str | N
     view = view_of(softmax, gm)
     if view is None or op_of(softmax, gm) not in SOFTMAXES:
         return None
-    found = _back_to_scores(view.inputs[0].node, gm) if view.inputs and view.inputs[0] is not None else None
+    scores_input = view.inputs[0].node if view.inputs and view.inputs[0] is not None else None
+    found = _back_to_scores(scores_input, gm) if scores_input is not None else None
     if found is None:
         return None
     scores, to_scores = found
@@ -520,7 +522,6 @@ class SdpaPass(Pass):
             if isinstance(found, str):
                 editor.skip(self.name, node, found)
                 continue
-            match = found
-            if fire(editor, node, self.name, veto(match), lambda: rewrite(match, editor)):
+            if fire(editor, node, self.name, veto(found), partial(rewrite, found, editor)):
                 rewritten += 1
         return editor.finish({"rewritten": rewritten})
