@@ -275,7 +275,8 @@ def _back_to_scores(node: fx.Node, gm: fx.GraphModule, depth: int = 0) -> tuple[
 
 def _forward_to_out(softmax: fx.Node, gm: fx.GraphModule) -> tuple[OpView, list[Step]] | str:
     """The matmul of the weights with v, through ``WEIGHTS_LINKS``, or why the weights go elsewhere."""
-    node, steps = softmax, list[Step]()
+    steps: list[Step] = []
+    node = softmax
     for _ in range(MAX_LINKS):
         user = _single_user(node)
         if user is None:
