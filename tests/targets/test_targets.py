@@ -77,7 +77,7 @@ def test_pipeline_for_prune_builds_registered_pass_after_fuse() -> None:
         pytest.skip("no prune pass registered in this build")
     passes = pipeline_for(get_target("h100"), OptimizeOptions(prune=0.25, compile=False))
     names = [p.name for p in passes]
-    assert names == ["cleanup", "fuse", "prune", "cleanup", "channels_last"]
+    assert names == ["cleanup", "fuse", "prune", "cleanup", "sdpa", "channels_last"]
     assert passes[2].ratio == 0.25
 
 
