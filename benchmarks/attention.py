@@ -1,7 +1,7 @@
 """Hand-written attention against the ``sdpa`` pass's scaled_dot_product_attention, eager and compiled.
 
 Run: python -m benchmarks.attention [--device cpu|cuda] [--dtype fp32|bf16] [--batch 4] [--tokens 128]
-                                      [--rounds 10] [--no-compile] [--json out.json]
+                                      [--rounds 10] [--threads 1 --clock cpu] [--no-compile] [--json out.json]
 (as a module: run as a script, benchmarks/kernels.py would shadow the ``kernels`` package transformers imports)
 
 Two cases, each captured once with ``fxopt.trace`` (export front-end) and rewritten with the ``sdpa`` pass:
@@ -35,6 +35,7 @@ from fxopt.testing import assert_equivalent
 from fxopt.timing import measure
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 HEADS, HEAD_DIM = 8, 64
 
 
@@ -93,7 +94,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
             compile_s[label] = time.perf_counter() - start
             modules[f"{label}_compiled"] = compiled
     with torch.no_grad():
-        timed = measure(modules, inputs, rounds=args.rounds)
+        timed = measure(modules, inputs, rounds=args.rounds, clock=CLOCKS[args.clock])
     row: dict[str, Any] = {"case": name, "rewritten": rewritten, "reliable": timed.reliable,
                            "ms": {label: timed[label].median_ms for label in modules},
                            "eager_ratio": timed.ratio("hand", "sdpa")}
@@ -110,11 +111,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall time, or process CPU time (robust to other load with --threads 1)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"{args.device} ({where}), {args.dtype}, batch {args.batch}, {args.tokens} tokens, torch {torch.__version__}")
+    print(f"{args.device} ({where}), {args.dtype}, batch {args.batch}, {args.tokens} tokens, "
+          f"{args.clock} clock, torch {torch.__version__}")
     print(f"{'case':6} {'rewritten':>9} {'hand ms':>9} {'sdpa ms':>9} {'eager':>7} {'hand c.ms':>10} "
           f"{'sdpa c.ms':>10} {'compiled':>8}")
     rows = []
