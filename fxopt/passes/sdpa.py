@@ -11,7 +11,8 @@ with their fused path off)::
     out = weights @ v
 
 becomes ``scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=<product of the factors>)``. On GPUs SDPA
-runs as one flash or memory-efficient kernel that never writes the (L, S) weights to memory.
+runs as one flash or memory-efficient kernel that never writes the (L, S) weights to memory. The two products may
+also be einsums over one batch prefix, ``"bhid,bhjd->bhij"`` and ``"bhij,bhjd->bhid"`` (torchvision's MaxViT).
 
 The chain is declared as ``Link``s (which ops it may pass through, and what each contributes); the cases where
 the rewrite must not fire are the checks next to it, each recorded as a ``Skip`` with its reason: the weights
@@ -223,8 +224,9 @@ class Attention:
 
     @property
     def key_transposed(self) -> bool:
-        """Whether a transpose of k was peeled, so that ``key[1]`` is k itself rather than k^T."""
-        return any(link is TRANSPOSE for link, _, _ in self.key[0])
+        """Whether ``key[1]`` is k itself rather than k^T: the scores are an einsum of q and k, or a transpose of
+        k was peeled."""
+        return self.scores.kind == "einsum" or any(link is TRANSPOSE for link, _, _ in self.key[0])
 
     def steps(self) -> list[Step]:
         """Every link of the match."""
@@ -249,10 +251,45 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
-def _is_product(view: OpView | None) -> bool:
-    """A matmul of two activations (not a projection by a stored weight)."""
-    return (view is not None and view.kind == "matmul" and len(view.inputs) == 2
+def _of_activations(view: OpView | None) -> bool:
+    """A product of two activations (not a projection by a stored weight)."""
+    return (view is not None and view.kind in ("matmul", "einsum") and len(view.inputs) == 2
             and all(t is not None and t.node is not None and not t.is_param and t.ndim >= 2 for t in view.inputs))
+
+
+def _einsum_tails(view: OpView) -> tuple[str, str, str] | None:
+    """The last two letters of both operands and of the output of an einsum whose other letters are one shared
+    batch prefix (``("id", "jd", "ij")`` for ``"bhid,bhjd->bhij"``), with three distinct letters among them."""
+    eq = str(view.attrs.get("equation", "")).replace(" ", "")
+    if "->" not in eq or "..." in eq:
+        return None
+    lhs, out = eq.split("->")
+    specs = lhs.split(",")
+    if len(specs) != 2 or any(len(x) < 2 or x[:-2] != out[:-2] for x in specs) or len(out) < 2:
+        return None
+    a, b, o = specs[0][-2:], specs[1][-2:], out[-2:]
+    letters = set(a + b)
+    return (a, b, o) if len(letters) == 3 and not letters & set(out[:-2]) else None
+
+
+def _scores_product(view: OpView | None) -> bool:
+    """``q @ k^T`` (a matmul, whose second operand is k^T) or ``einsum("...id,...jd->...ij", q, k)``."""
+    if not _of_activations(view):
+        return False
+    assert view is not None
+    tails = _einsum_tails(view) if view.kind == "einsum" else None
+    return view.kind == "matmul" or (tails is not None and tails[0][1] == tails[1][1]
+                                     and tails[2] == tails[0][0] + tails[1][0])
+
+
+def _weighted_sum(view: OpView | None) -> bool:
+    """``weights @ v`` (a matmul) or ``einsum("...ij,...jd->...id", weights, v)``."""
+    if not _of_activations(view):
+        return False
+    assert view is not None
+    tails = _einsum_tails(view) if view.kind == "einsum" else None
+    return view.kind == "matmul" or (tails is not None and tails[0][1] == tails[1][0]
+                                     and tails[2] == tails[0][0] + tails[1][1])
 
 
 def _back_to_scores(node: fx.Node, gm: fx.GraphModule, depth: int = 0) -> tuple[OpView, list[Step]] | None:
@@ -261,7 +298,7 @@ def _back_to_scores(node: fx.Node, gm: fx.GraphModule, depth: int = 0) -> tuple[
     view = view_of(node, gm)
     if view is None or depth > MAX_LINKS:
         return None
-    if _is_product(view):
+    if _scores_product(view):
         return view, []
     for link in SCORES_LINKS:
         if not link.matches(view, gm):
@@ -284,7 +321,7 @@ def _forward_to_out(softmax: fx.Node, gm: fx.GraphModule) -> tuple[OpView, list[
                     f"{', '.join(u.name for u in node.users) or 'nothing'} (returned or stored): SDPA does not "
                     "expose them")
         view = view_of(user, gm)
-        if _is_product(view):
+        if _weighted_sum(view):
             assert view is not None and view.inputs[0] is not None
             if view.inputs[0].node is not node:
                 return f"the attention weights {node.name} are the right operand of {user.name}"
@@ -340,7 +377,7 @@ def match_attention(softmax: fx.Node, gm: fx.GraphModule) -> Attention | str | N
     a, b = scores.inputs
     assert a is not None and a.node is not None and b is not None and b.node is not None
     return Attention(view, scores, out, tuple(to_scores), tuple(to_out), _peel(a.node, gm, QUERY_LINKS),
-                     _peel(b.node, gm, KEY_LINKS), gm)
+                     _peel(b.node, gm, KEY_LINKS if scores.kind == "matmul" else QUERY_LINKS), gm)
 
 
 # ---------------------------------------------------------------- checks

@@ -79,6 +79,12 @@ class Batched(nn.Module):  # (batch x heads, tokens, head_dim), as nn.MultiheadA
         return torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)) * 0.3, dim=-1), v)
 
 
+class Einsums(nn.Module):  # torchvision's MaxViT: k scaled, einsum products, a position bias
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("b h i d, b h j d -> b h i j", q, k * 0.3)
+        return torch.einsum("bhij,bhjd->bhid", F.softmax(scores + bias, dim=-1), v)
+
+
 def _flat(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.flatten(0, 1) for t in ts)
 
@@ -101,6 +107,7 @@ FORMS = {
     "masked_fill_boolean_mask": (Filled, lambda: (*qkv(), _causal_mask()), 0.25),
     "key_already_transposed": (PreTransposed, lambda: (qkv()[0], qkv()[1].transpose(-2, -1), qkv()[2]), 0.3),
     "three_dim_bmm": (Batched, lambda: _flat(*qkv()), 0.3),
+    "einsum_products": (Einsums, lambda: (*qkv(), torch.randn(H, L, S)), 0.3),
 }
 
 
