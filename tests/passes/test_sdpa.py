@@ -150,6 +150,16 @@ def test_sdpa_bfloat16_with_float32_softmax_matches_within_bf16_tolerance(passes
     assert_equivalent(Masked(), gm, inputs)
 
 
+def test_sdpa_wrong_scale_is_caught_by_assert_equivalent(passes) -> None:
+    model, inputs = Scaled(), qkv()
+    gm, _ = passes.run("sdpa", model, *inputs)
+    call = sdpa_calls(gm)[0]
+    call.kwargs = {**call.kwargs, "scale": 2 * call.kwargs["scale"]}  # a rewrite that got the scale wrong
+    gm.recompile()
+    with pytest.raises(AssertionError):
+        assert_equivalent(model, gm, inputs)
+
+
 def test_sdpa_is_idempotent(passes) -> None:
     gm, _ = passes.run("sdpa", Scaled(), *qkv())
     again = PassManager("sdpa", checked=True).run(gm, qkv()).results[-1]
