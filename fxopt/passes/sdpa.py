@@ -527,7 +527,8 @@ def rewrite(m: Attention, e: GraphEditor) -> None:
     mask = _mask_node(m, e, ops)
     sdpa = e.call("call_function", ops.sdpa, [q, k, v], {"attn_mask": mask, "scale": scale}, before=before)
     sdpa.meta.update({key: m.out.node.meta[key] for key in ("val", "stack_trace") if key in m.out.node.meta})
-    e.replace_uses(m.out.node, sdpa, f"{m.softmax.node.name}'s attention is one SDPA call (scale {scale:.6g})")
+    links = ", ".join(link.name for link, _, _ in m.steps()) or "no links"
+    e.replace_uses(m.out.node, sdpa, f"{m.softmax.node.name}'s attention ({links}) is one SDPA call, scale {scale:.6g}")
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     e.erase_chain(sorted(set(m.nodes()), key=order.__getitem__))
 
