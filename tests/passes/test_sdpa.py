@@ -75,8 +75,12 @@ class PreTransposed(nn.Module):  # k^T arrives as it is: the rewrite inserts the
 
 
 class Batched(nn.Module):  # (batch x heads, tokens, head_dim), as nn.MultiheadAttention's weights path
+    def __init__(self) -> None:
+        super().__init__()
+        self.softmax = nn.Softmax(dim=-1)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)) * 0.3, dim=-1), v)
+        return torch.bmm(self.softmax(torch.bmm(q, k.transpose(1, 2)) * 0.3), v)
 
 
 class Einsums(nn.Module):  # torchvision's MaxViT: k scaled, einsum products, a position bias
