@@ -114,7 +114,7 @@ def test_optimize_for_gpu_target_builds_its_pipeline_and_stays_lossless() -> Non
     model, x = Attention().eval(), torch.randn(2, 5, 16)
     fast = optimize(model, x, target="h100", compile=False)
     r = report(fast)
-    assert r.pipeline == "cleanup,fuse(siblings=True),channels_last" and r.target == "h100"
+    assert r.pipeline == "cleanup,fuse(siblings=True),sdpa,channels_last" and r.target == "h100"
     assert r.result("fuse").metrics["fused_linears"] == 3
     assert_equivalent(model, fast, (x,))
 

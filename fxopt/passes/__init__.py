@@ -37,6 +37,7 @@ from fxopt.passes.manager import PassManager, PipelineRun
 from fxopt.passes.merge_linear import MergeLinearPass
 from fxopt.passes.permute import PermutePass
 from fxopt.passes.precision import PrecisionPass
+from fxopt.passes.sdpa import SdpaPass
 from fxopt.passes.siblings import HorizontalFusePass
 from fxopt.passes.spec import format_pipeline, parse_pass, parse_pipeline
 
@@ -44,13 +45,14 @@ for _optional in ("fxopt.passes.prune", "fxopt.passes.substitute"):
     if importlib.util.find_spec(_optional) is not None:
         importlib.import_module(_optional)
 
-LOSSLESS_PASSES = ("cleanup", "fold_bn", "fold_bn_input", "merge_linear", "fuse_siblings", "fuse", "channels_last")
+LOSSLESS_PASSES = ("cleanup", "fold_bn", "fold_bn_input", "merge_linear", "fuse_siblings", "fuse", "channels_last",
+                   "sdpa")
 """The built-in lossless passes that rewrite the graph (lowering aside)."""
 
 __all__ = [
     "ANALYSES", "LOSSLESS_PASSES", "PASSES", "ChannelsLastPass", "CleanupPass", "DumpGraphs", "Edit",
     "FoldBatchNormInputPass", "FoldBatchNormPass", "FusePass", "GraphEditor", "HorizontalFusePass", "LowerPass",
     "MergeLinearPass", "Pass", "PassContext", "PassManager", "PassRegistry", "PassResult", "PermutePass", "PipelineRun",
-    "PrecisionPass", "Skip", "Timeline", "format_pipeline", "log_after", "log_before", "make_pass", "parse_pass",
-    "parse_pipeline", "register_analysis", "register_pass",
+    "PrecisionPass", "SdpaPass", "Skip", "Timeline", "format_pipeline", "log_after", "log_before", "make_pass",
+    "parse_pass", "parse_pipeline", "register_analysis", "register_pass",
 ]

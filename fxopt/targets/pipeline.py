@@ -102,6 +102,7 @@ STAGES: tuple[Stage, ...] = (
           lambda t, o: _option_pass("substitute", o.substitute, "structure", t, o)),
     Stage("cleanup", lambda t, o: o.prune is not None or o.substitute is not None,
           lambda t, o: make_pass("cleanup")),
+    Stage("sdpa", lambda t, o: t.device == "cuda", lambda t, o: make_pass("sdpa")),  # CPU: see docs/passes.md
     Stage("channels_last", lambda t, o: t.channels_last, lambda t, o: make_pass("channels_last")),
     Stage("precision", lambda t, o: resolve_precision(t, o) is not None,
           lambda t, o: make_pass("precision", dtype=str(resolve_precision(t, o)))),

@@ -44,7 +44,7 @@ def test_pipeline_for_cpu_lowers_with_freezing_and_no_sibling_fusion() -> None:
 
 def test_pipeline_for_gpu_fuses_siblings_and_autotunes_without_tf32_by_default() -> None:
     passes = pipeline_for(get_target("h100"), OptimizeOptions())
-    assert _names(passes) == ["cleanup", "fuse(siblings=True)", "channels_last",
+    assert _names(passes) == ["cleanup", "fuse(siblings=True)", "sdpa", "channels_last",
                               "lower(mode='max-autotune',freezing=True,cuda_graphs=True)"]
 
 
@@ -77,7 +77,7 @@ def test_pipeline_for_prune_builds_registered_pass_after_fuse() -> None:
         pytest.skip("no prune pass registered in this build")
     passes = pipeline_for(get_target("h100"), OptimizeOptions(prune=0.25, compile=False))
     names = [p.name for p in passes]
-    assert names == ["cleanup", "fuse", "prune", "cleanup", "channels_last"]
+    assert names == ["cleanup", "fuse", "prune", "cleanup", "sdpa", "channels_last"]
     assert passes[2].ratio == 0.25
 
 
