@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.fx as fx
@@ -31,7 +31,7 @@ import torch.fx as fx
 from fxopt.analysis.cost import Roofline
 from fxopt.module_state import state_buffers
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
-from fxopt.passes.lower_select import EAGER, select_fastest
+from fxopt.passes.lower_select import EAGER, median_ms, select_fastest
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class LowerPass(Pass):
                                    **{f"compile_s[{k}]": v for k, v in compile_s.items()}}
         winner = next(iter(compiled))
         if self.select and ctx.example_inputs:
-            selection = select_fastest(compiled, gm, ctx.example_inputs)
+            selection = select_fastest(compiled, gm, ctx.example_inputs, timer=ctx.timer or median_ms)
             winner = selection.winner
             metrics.update({f"ms[{k}]": v for k, v in selection.times_ms.items()})
             notes.insert(0, selection.reason())
@@ -222,11 +222,12 @@ class LowerPass(Pass):
         # The config must be patched while the warm-up call compiles. (Passing these as torch.compile(options=...)
         # does not reach inductor's freezing.)
         with _inductor_patch(options), (contextlib.nullcontext() if ctx.verbose else quiet_compilers()):
-            compiled = torch.compile(gm, backend=self.backend, dynamic=self.dynamic)
+            # torch.compile of a module returns an OptimizedModule (typed as a plain callable)
+            compiled = cast(torch.nn.Module, torch.compile(gm, backend=self.backend, dynamic=self.dynamic))
             if self.warmup and ctx.example_inputs:
                 with torch.no_grad():
                     compiled(*ctx.example_inputs)
-        return compiled  # type: ignore[no-any-return]
+        return compiled
 
     def _fallback(self, reason: str) -> PassResult:
         return PassResult(str(self), changed=False, metrics={"lowered": False, "fallback_reason": reason},

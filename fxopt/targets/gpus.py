@@ -27,7 +27,7 @@ GPU_LOWERING = LoweringRecipe(backend="inductor", mode=None, freezing=True, cuda
 """torch.compile's default and ``reduce-overhead`` (CUDA graphs) are compiled and timed; the fastest is kept."""
 
 GPU_ALIGNMENT = {"fp32": 4, "tf32": 4, "bf16": 8, "fp16": 8, "fp8": 16, "int8": 16}
-GPU_EFFICIENCY = {"matmul": 0.7, "conv": 0.3, "depthwise": 0.03, "grouped": 0.04, "attention": 0.5}
+GPU_EFFICIENCY = {"matmul": 0.6, "conv": 0.3, "depthwise": 0.06, "grouped": 0.04, "attention": 0.5}
 """Achievable fraction of the peak per op category (the tensor-core peak for matmul, conv and attention)."""
 GPU_RAMP_FLOPS = {"matmul": 2e9, "conv": 2e9, "attention": 2e9, "grouped": 2e8, "depthwise": 2e8}
 """FLOPs at which one op reaches half its category's efficiency."""
