@@ -14,8 +14,9 @@ Four parts, written to ``--out`` as ``gpu.json`` and ``gpu.md``:
    batch 32 and 1: Spearman rank correlation (issue 14 asks for at least 0.9).
 4. The target used (the datasheet one matching the device's name, else ``calibrate_gpu()``) and the device.
 
-The parts run in that order of priority under one time budget (``--budget-s``, default 450 s: the whole run fits
-8 minutes on one H200); a configuration that would start after the budget is recorded as skipped.
+The cost model runs first, then pruning, then the variants (bf16 before fp32), under one time budget
+(``--budget-s``, default 400 s, so that the run with its last configuration fits 8 minutes on one H200); a
+configuration that would start after the budget is recorded as skipped.
 
 ``--smoke`` runs the same code on the CPU with tiny shapes (a small convnet, a 1-layer GPT-2, three small
 torchvision models at 32x32 for the rank correlation, batch 2, fp32) in about a minute; tests run it.
@@ -68,6 +69,7 @@ class Plan:
         rank_models: torchvision models of the cost model's rank correlation.
         rank_batches: their batch sizes.
         image: image side for vision models.
+        seq: sequence length for language models.
         prune_model: the model pruned at 0.5 by both tools.
         prune_batch: the batch it is timed at.
         prune_dtype: the dtype it is timed in.
@@ -82,6 +84,7 @@ class Plan:
     rank_models: tuple[str, ...]
     rank_batches: tuple[int, ...]
     image: int
+    seq: int
     prune_model: str
     prune_batch: int
     prune_dtype: str
@@ -90,9 +93,9 @@ class Plan:
 
 
 FULL = Plan("cuda", ("resnet50", "mobilenet_v3_large", "vit_b_16", "gpt2_small", "llama_1b_shape"), (1, 64),
-            ("bf16", "fp32"), RANK_MODELS, (32, 1), 224, "resnet50", 64, "bf16", 10, 450.0)
+            ("bf16", "fp32"), RANK_MODELS, (32, 1), 224, 128, "resnet50", 64, "bf16", 10, 400.0)
 SMOKE = Plan("cpu", ("tiny_convnet", "gpt2_tiny"), (2,), ("fp32",), ("resnet18", "mobilenet_v3_small",
-             "squeezenet1_0"), (1, 2), 32, "tiny_convnet", 2, "fp32", 3, 600.0)
+             "squeezenet1_0"), (1, 2), 32, 16, "tiny_convnet", 2, "fp32", 3, 600.0)
 
 
 # --------------------------------------------------------------------------- models
@@ -138,11 +141,14 @@ def build(name: str, batch: int, plan: Plan) -> tuple[nn.Module, tuple[torch.Ten
 
         model = torchvision.models.get_model(name, weights=None)
     model = model.eval().to(plan.device)
-    if name in ("gpt2_small", "gpt2_tiny", "llama_1b_shape"):
-        vocab = model.model.config.vocab_size
-        seq = 16 if name == "gpt2_tiny" else 128
-        return model, (torch.randint(0, vocab, (batch, seq), device=plan.device),)
-    return model, (torch.randn(batch, 3, plan.image, plan.image, device=plan.device),)
+    return model, example_inputs(model, batch, plan)
+
+
+def example_inputs(model: nn.Module, batch: int, plan: Plan) -> tuple[torch.Tensor, ...]:
+    """Token ids (``plan.seq`` long) for the language models, else ``plan.image``-sided images, at ``batch``."""
+    if isinstance(model, LogitsOnly):
+        return (torch.randint(0, model.model.config.vocab_size, (batch, plan.seq), device=plan.device),)
+    return (torch.randn(batch, 3, plan.image, plan.image, device=plan.device),)
 
 
 def _cast(model: nn.Module, inputs: tuple[torch.Tensor, ...], dtype: str) -> tuple[nn.Module,
@@ -259,7 +265,7 @@ def rank_rows(plan: Plan, target: Target, clock: Clock) -> list[dict[str, Any]]:
         model, inputs = build(name, 1, plan)
         table = cost(copy.deepcopy(model).cpu(), tuple(x.cpu() for x in inputs), target=target)
         for batch in plan.rank_batches:
-            _, x = build(name, batch, plan)
+            x = example_inputs(model, batch, plan)
             ms = measure({"eager": model}, x, rounds=plan.rounds).timings[0].median_ms
             rows.append({"model": name, "batch": batch, "predicted_ms": table.time(B=batch) * 1e3,
                          "eager_ms": ms})
@@ -334,8 +340,8 @@ def run(plan: Plan) -> dict[str, Any]:
         except Exception as exc:  # a pruning tool failing is a result
             prune = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
     rows = []
-    for batch in plan.batches:
-        for dtype in plan.dtypes:
+    for dtype in plan.dtypes:  # bf16 first: issue 14's figures are in bf16
+        for batch in plan.batches:
             for name in plan.models:
                 if clock.left() <= 0:
                     rows.append({"model": name, "batch": batch, "dtype": dtype, "skipped": "time budget spent"})
