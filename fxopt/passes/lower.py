@@ -7,6 +7,10 @@ records why: ``optimize()`` never fails because inductor is unavailable. Lowerin
 when the target's device is not where the model runs (a GPU target asked for on a machine without that GPU):
 the passes the target shapes still ran, but a GPU recipe is never compiled for a CPU model.
 
+With several candidates (torch.compile's default and ``reduce-overhead`` on GPUs, max-autotune when asked) the
+pass compiles each, and with ``select`` times them beside the eager graph module on the example inputs
+(``fxopt.passes.lower_select``) and keeps the fastest, eager included; the result's first note gives every time.
+
 Compilers talk while they work (autotuning tables, recompilation notices); the pass keeps them quiet unless
 ``ctx.verbose`` is set.
 
@@ -170,30 +174,7 @@ class LowerPass(Pass):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         stateful = state_buffers(gm)
-        compiled: dict[str, torch.nn.Module] = {}
-        notes: list[str] = []
-        compile_s: dict[str, float] = {}
-        failures: list[str] = []
-        for label, mode in self.candidates():
-            spent = sum(compile_s.values())
-            if self.budget_s is not None and compiled and spent >= self.budget_s:
-                notes.append(f"{label} not compiled: the compile budget of {self.budget_s:g} s was spent "
-                             f"({spent:.1f} s)")
-                continue
-            options = self.inductor_options(None if mode == self.mode else mode)
-            if stateful and options.get("freezing"):
-                options["freezing"] = False  # freezing would fold the state buffers the graph writes as constants
-            start = time.perf_counter()
-            try:
-                compiled[label] = self._compile(gm, options, ctx)
-            except Exception as exc:  # inductor fails in many ways (compiler, unsupported op); all mean "skip it"
-                log.warning("torch.compile (%s) failed: %s", label, exc)
-                failures.append(f"{type(exc).__name__}: {_first_line(exc)}")
-                continue
-            compile_s[label] = time.perf_counter() - start
-            enabled = [k for k, v in options.items() if v is True]
-            notes.append(f"compiled with {self.backend}" + (f" {label}" if len(self.candidates()) > 1 else "")
-                         + (f" ({', '.join(enabled)})" if enabled else ""))
+        compiled, compile_s, notes, failures = self._compile_candidates(gm, ctx, bool(stateful))
         if not compiled:
             return self._fallback(failures[0] if failures else "no candidate was compiled")
         if not (self.warmup and ctx.example_inputs):
@@ -215,6 +196,38 @@ class LowerPass(Pass):
                               notes=tuple(notes))
         ctx.lowered = compiled[winner]
         return PassResult(str(self), changed=False, metrics={**metrics, "lowered": True}, notes=tuple(notes))
+
+    def _compile_candidates(self, gm: fx.GraphModule, ctx: PassContext, stateful: bool) \
+            -> tuple[dict[str, torch.nn.Module], dict[str, float], list[str], list[str]]:
+        """Compile every candidate while the budget lasts: the compiled modules, their compile seconds, notes
+        (one per candidate), and the reasons of the failures."""
+        compiled: dict[str, torch.nn.Module] = {}
+        compile_s: dict[str, float] = {}
+        notes: list[str] = []
+        failures: list[str] = []
+        several = len(self.candidates()) > 1
+        for label, mode in self.candidates():
+            spent = sum(compile_s.values())
+            if self.budget_s is not None and compiled and spent >= self.budget_s:
+                notes.append(f"{label} not compiled: the compile budget of {self.budget_s:g} s was spent "
+                             f"({spent:.1f} s)")
+                continue
+            options = self.inductor_options(None if mode == self.mode else mode)
+            if stateful and options.get("freezing"):
+                options["freezing"] = False  # freezing would fold the state buffers the graph writes as constants
+            start = time.perf_counter()
+            try:
+                compiled[label] = self._compile(gm, options, ctx)
+            except Exception as exc:  # inductor fails in many ways (compiler, unsupported op); all mean "skip it"
+                log.warning("torch.compile (%s) failed: %s", label, exc)
+                failures.append(f"{type(exc).__name__}: {_first_line(exc)}")
+                notes.append(f"{label} not compiled: {failures[-1]}")
+                continue
+            compile_s[label] = time.perf_counter() - start
+            enabled = [k for k, v in options.items() if v is True]
+            notes.append(f"compiled with {self.backend}" + (f" {label}" if several else "")
+                         + (f" ({', '.join(enabled)})" if enabled else ""))
+        return compiled, compile_s, notes, failures
 
     def _compile(self, gm: fx.GraphModule, options: dict[str, Any], ctx: PassContext) -> torch.nn.Module:
         """``torch.compile(gm)`` under ``options``, warmed up on the example inputs (compilation is lazy)."""

@@ -85,6 +85,24 @@ def test_lower_compiled_faster_is_kept(passes) -> None:  # type: ignore[no-untyp
     assert_equivalent(model, run.module, (x,))
 
 
+def test_lower_failing_alternative_is_noted_and_the_other_kept(passes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    real, calls = torch.compile, []
+
+    def second_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("autotuning exploded")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", second_fails)
+    model, x = _tiny(), torch.randn(2, 8)
+    run = PassManager([LowerPass(alternatives=("max-autotune",))]).run(passes.trace(model, x), (x,))
+    result = run.results[0]
+    assert result.metrics["lowered"] is True and result.metrics["winner"] == "default"
+    assert "max-autotune not compiled: RuntimeError: autotuning exploded" in result.notes
+    assert_equivalent(model, run.module, (x,))
+
+
 def test_lower_budget_spent_skips_the_later_candidates(passes) -> None:  # type: ignore[no-untyped-def]
     x = torch.randn(2, 8)
     lower = LowerPass(alternatives=("max-autotune",), budget_s=0.0)
