@@ -65,7 +65,8 @@ def _warnings(model: torch.nn.Module, results: Sequence[PassResult], device_note
 def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target = "cpu", prune: Any = None,
              substitute: Any = None, calibration: Any = None, precision: str | None = None, compile: bool = True,
              passes: str | Sequence[Pass | str] | None = None, checked: bool = False,
-             verbose: bool = False, loss_fn: LossFn | None = None) -> torch.nn.Module:
+             verbose: bool = False, loss_fn: LossFn | None = None, recipe: str | None = None,
+             compile_budget_s: float | None = None) -> torch.nn.Module:
     """Optimize ``model`` for ``target`` and return a module computing the same outputs, faster.
 
     Without ``prune``, ``substitute`` and ``precision`` every pass is lossless: outputs match the original
@@ -85,6 +86,12 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         verbose: let torch.compile print its progress (autotuning tables, recompilations).
         loss_fn: ``loss_fn(output, target) -> scalar`` for gradient-based pruning criteria (``criterion="taylor"``);
             with it, each calibration batch is an ``(inputs, target)`` pair.
+        recipe: lowering recipe: None (the target's candidates: on GPUs torch.compile's default and
+            ``reduce-overhead``) or ``"max-autotune"`` (adds max-autotune, which compiles for minutes).
+        compile_budget_s: seconds lowering may spend compiling; adds max-autotune while the budget lasts.
+
+    Lowering compiles the target's candidates, times each beside the eager module on the example inputs and
+    keeps the fastest, eager included: the report says which won, with every time.
 
     A target whose device is not where the model runs (``target="a100"`` for a model on the CPU, or on a
     machine without a GPU) still shapes the graph passes (channel rounding for its tensor cores, its fusions),
@@ -103,7 +110,8 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
     """
     inputs = _as_tuple(example_inputs)
     tgt = get_target(target)
-    options = OptimizeOptions(prune=prune, substitute=substitute, precision=precision, compile=compile)
+    options = OptimizeOptions(prune=prune, substitute=substitute, precision=precision, compile=compile,
+                              recipe=recipe, compile_budget_s=compile_budget_s)
     pipeline = parse_pipeline(passes) if passes is not None else pipeline_for(tgt, options)
     gm = trace(copy.deepcopy(model), inputs)
     before = model_stats(gm, inputs, tgt)
@@ -121,7 +129,7 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         model=type(model).__name__, target=tgt.name, target_description=tgt.describe(),
         pipeline=format_pipeline(pipeline), frontend=frontend, before=before, after=model_stats(gm, inputs, tgt),
         results=tuple(run.results), lowered=ctx.lowered is not None,
-        lowering_note=lowering[-1].notes[0] if lowering and lowering[-1].notes else None,
+        lowering_note="; ".join(lowering[-1].notes) if lowering and lowering[-1].notes else None,
         warnings=tuple(_warnings(model, run.results, device_note, gm))
         + tuple(f"state {name} was resized by pruning: it starts from its value when it was sliced, not from the "
                 "original model's" for name in resized_state),

@@ -55,8 +55,8 @@ def test_optimize_leaves_the_model_untouched(net) -> None:
 def test_optimize_compiled_result_carries_report_and_matches() -> None:
     model, x = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval(), torch.randn(2, 8)
     fast = optimize(model, x, target="cpu")
-    assert hasattr(fast, "_orig_mod")
     r = report(fast)
+    assert hasattr(fast, "_orig_mod") == r.lowered  # eager is kept when it ran faster than the compiled module
     assert r.lowered or "kept eager" in (r.lowering_note or "")
     assert_equivalent(model, fast, (x,))
 

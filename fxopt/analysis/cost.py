@@ -10,9 +10,11 @@ dim (dim 1 of 2-D integer inputs, i.e. token ids) are symbolic, so a node's FLOP
 has its view sizes baked in) cannot run with other sizes: for them the costs are exact at the example shapes
 and scale linearly in ``B`` (``CostTable.symbolic`` is False).
 
-Time per node on a target is ``max(flops / (peak(dtype) * efficiency(category)), bytes / bandwidth)`` plus a
-fixed per-op overhead (``roofline_time``, which the pruning cost model shares); the model's time is the sum over
-nodes.
+Time per node on a target is ``roofline_time`` (which the pruning cost model shares): the work,
+``max((flops + ramp) / (peak * efficiency), bytes / bandwidth)`` with the peak of the dtype the op computes in
+(fp32 convolutions run at the TF32 peak where PyTorch enables it) and the efficiency of its category, combined
+with a fixed per-op overhead: added to the work on CPUs, overlapping it (``max``) on GPUs, where kernel launches
+queue while the previous kernel runs. The model's time is the sum over nodes.
 """
 
 from __future__ import annotations
@@ -66,8 +68,25 @@ class Roofline(Protocol):
         """Peak FLOP/s for a dtype short name."""
         ...
 
+    @property
+    def launch_overlaps(self) -> bool:
+        """Whether the per-op overhead overlaps the work (``max``) rather than adding to it."""
+        ...
+
     def efficiency_of(self, category: str) -> float:
         """Achievable fraction of peak compute for an op category."""
+        ...
+
+    def overhead_of(self, category: str) -> float:
+        """Fixed cost in seconds of one op of a category."""
+        ...
+
+    def ramp_of(self, category: str) -> float:
+        """FLOPs at which one op of a category reaches half its efficiency (0: none)."""
+        ...
+
+    def compute_dtype(self, dtype: str, category: str) -> str:
+        """The dtype whose peak an op of a category on ``dtype`` tensors runs at (``"tf32"`` for fp32 convs)."""
         ...
 
 
@@ -75,19 +94,28 @@ B, S = sympy.symbols("B S", positive=True, integer=True)
 
 
 def roofline_time(target: Roofline, category: str, dtype: str, flops: float, nbytes: float) -> float:
-    """Seconds one node takes on ``target``: ``max(compute, memory) + overhead``; views take no time.
+    """Seconds one node takes on ``target``: its work combined with its fixed per-op cost; views take no time.
+
+    The work is ``max(compute, memory)``: compute is ``(flops + ramp) / (peak * efficiency)`` (the ramp makes
+    small ops run below peak), memory ``nbytes / bandwidth``. The fixed cost adds to the work, or where the
+    target's launches overlap the work (GPUs) the node takes ``max(overhead, work)``.
 
     Args:
         target: the hardware (an ``fxopt.targets.Target``, or the pruning cost model's ``LatencyModel``).
-        category: the op category of the node's ``OpCost``; selects the target's efficiency.
-        dtype: short dtype name of the node's output; selects the target's peak.
+        category: the op category of the node's ``OpCost``; selects the target's efficiency, ramp and overhead.
+        dtype: short dtype name of the node's output; with the category, selects the target's peak.
         flops: floating-point operations.
         nbytes: bytes read and written.
     """
     if category == "view":
         return 0.0
-    compute = flops / (target.peak(dtype) * target.efficiency_of(category))
-    return max(compute, nbytes / target.memory_bandwidth) + target.op_overhead_s
+    rate = target.peak(target.compute_dtype(dtype, category)) * target.efficiency_of(category)
+    compute = (flops + target.ramp_of(category)) / rate if flops > 0 else 0.0
+    work = max(compute, nbytes / target.memory_bandwidth)
+    overhead = target.overhead_of(category)
+    return max(overhead, work) if target.launch_overlaps else work + overhead
+
+
 @dataclass(frozen=True)
 class NodeCost:
     """The cost of one node.
@@ -95,8 +123,8 @@ class NodeCost:
     Attributes:
         node: node name.
         kind: OpView kind.
-        category: ``"matmul"``, ``"conv"``, ``"depthwise"``, ``"attention"``, ``"norm"``, ``"elementwise"``,
-            ``"memory"``, ``"view"`` or ``"other"``; selects the target's efficiency.
+        category: one of ``fxopt.ops.cost.CATEGORIES`` (``"matmul"``, ``"conv"``, ``"depthwise"``, ``"grouped"``,
+            ...); selects the target's efficiency.
         flops: floating-point operations (multiply-add = 2).
         bytes: bytes read and written (activations, parameters, outputs; views move nothing).
         dtype: short dtype name of the output (``"fp32"``, ...).

@@ -125,6 +125,6 @@ def conv_cost(view: OpView, sizes: Sizes) -> OpCost:
     macs = sizes.numel(lead) * sizes.numel(w, range(1, w.ndim))
     groups = int(view.attrs.get("groups", 1) or 1)
     channel_dim = 1 if x.ndim == w.ndim else 0
-    category = "depthwise" if groups > 1 and groups == x.shape[channel_dim] else "conv"
+    category = "conv" if groups == 1 else "depthwise" if groups == x.shape[channel_dim] else "grouped"
     bias_adds = out_numel(view, sizes) if view.params.get("bias") is not None else 0
     return op_cost(view, sizes, category, 2 * macs + bias_adds, macs, (sizes.size(w, 0), sizes.size(w, 1)))

@@ -22,7 +22,8 @@ import torch.fx as fx
 
 from fxopt.ops.view import OpView, TensorRef
 
-CATEGORIES = ("matmul", "conv", "depthwise", "attention", "norm", "elementwise", "memory", "view", "other")
+CATEGORIES = ("matmul", "conv", "depthwise", "grouped", "attention", "norm", "elementwise", "memory", "view",
+              "other")
 """The op categories a cost names; a target gives each its achievable fraction of peak compute."""
 
 ZERO = sympy.Integer(0)

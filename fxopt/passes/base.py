@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -139,6 +139,8 @@ class PassContext:
         loss_fn: ``loss_fn(output, target) -> scalar`` for gradient-based criteria (the prune pass's Taylor
             importance); with it, each calibration batch is an ``(inputs, target)`` pair.
         verbose: let compilers print their progress (autotuning, recompilation notices); off by default.
+        timer: ``timer(modules, inputs) -> {label: ms}``, how the lowering pass times its candidates (None:
+            ``fxopt.passes.lower_select.median_ms``; tests pass a fake one).
         version: graph version; bumped by every edit, it invalidates cached analyses.
         lowered: the compiled module, once a lowering pass ran.
         previous: names of the passes that already ran.
@@ -149,6 +151,7 @@ class PassContext:
     calibration: Any = None
     loss_fn: LossFn | None = None
     verbose: bool = False
+    timer: Callable[[Mapping[str, Callable[..., Any]], Sequence[Any]], Mapping[str, float]] | None = None
     version: int = 0
     lowered: torch.nn.Module | None = None
     previous: list[str] = field(default_factory=list)

@@ -39,7 +39,7 @@ def conv_share(gm: fx.GraphModule, inputs: tuple[object, ...]) -> float:
     if total <= 0:
         return 0.0
     conv = sum(float(r.flops.xreplace({s: table.bindings.get(s.name, 1) for s in r.flops.free_symbols}))
-               for r in table.rows if r.category in ("conv", "depthwise"))
+               for r in table.rows if r.category in ("conv", "depthwise", "grouped"))
     return conv / total
 
 

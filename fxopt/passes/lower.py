@@ -7,6 +7,10 @@ records why: ``optimize()`` never fails because inductor is unavailable. Lowerin
 when the target's device is not where the model runs (a GPU target asked for on a machine without that GPU):
 the passes the target shapes still ran, but a GPU recipe is never compiled for a CPU model.
 
+With several candidates (torch.compile's default and ``reduce-overhead`` on GPUs, max-autotune when asked) the
+pass compiles each, and with ``select`` times them beside the eager graph module on the example inputs
+(``fxopt.passes.lower_select``) and keeps the fastest, eager included; the result's first note gives every time.
+
 Compilers talk while they work (autotuning tables, recompilation notices); the pass keeps them quiet unless
 ``ctx.verbose`` is set.
 
@@ -23,7 +27,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.fx as fx
@@ -31,6 +35,7 @@ import torch.fx as fx
 from fxopt.analysis.cost import Roofline
 from fxopt.module_state import state_buffers
 from fxopt.passes.base import Pass, PassContext, PassResult, register_pass
+from fxopt.passes.lower_select import EAGER, median_ms, select_fastest
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +108,25 @@ def device_of(module: torch.nn.Module, inputs: tuple[Any, ...]) -> str:
 class LowerPass(Pass):
     """Compile with torch.compile; fall back to eager (with the reason recorded) when compiling fails.
 
+    With ``alternatives`` several candidates are compiled (``mode`` first); with ``select`` every compiled
+    candidate is timed beside the eager module on the example inputs and the fastest is kept, eager included:
+    the result never runs slower than eager there, and its note gives every time.
+
     Attributes:
         backend: torch.compile backend.
         mode: torch.compile mode (``"max-autotune"``, ...), merged into the inductor options.
         freezing: constant-fold and prepack parameters (inference only).
-        cuda_graphs: capture CUDA graphs (GPU).
+        cuda_graphs: capture CUDA graphs (GPU) with ``mode``.
         tf32: allow TF32 matmuls (GPU; lossy against fp32, so only when the precision option allows). This sets
             ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` process-wide.
         dynamic: torch.compile's ``dynamic`` flag (False: specialize to the example shapes).
         warmup: run the compiled module once on the example inputs to compile now, not on first use. The
             recipe's inductor options (freezing, autotuning) only apply to what is compiled during the warm-up;
             a later recompilation (other shapes, grad mode on) uses inductor's defaults.
+        alternatives: further torch.compile modes to compile as candidates (``"reduce-overhead"``,
+            ``"max-autotune"``), each with its own CUDA-graph setting.
+        select: time the compiled candidates and eager on the example inputs; keep the fastest.
+        budget_s: compile no further candidate once this many seconds were spent compiling (None: no limit).
     """
 
     name: ClassVar[str] = "lower"
@@ -124,20 +137,33 @@ class LowerPass(Pass):
     tf32: bool = False
     dynamic: bool | None = False
     warmup: bool = True
+    alternatives: tuple[str, ...] = ()
+    select: bool = False
+    budget_s: float | None = None
 
-    def inductor_options(self) -> dict[str, Any]:
-        """The inductor config patches this pass compiles with."""
+    def candidates(self) -> list[tuple[str, str | None]]:
+        """``(label, mode)`` of every candidate, in compile order: ``mode`` (``"default"`` when None) first."""
+        modes = [self.mode, *(m for m in dict.fromkeys(self.alternatives) if m != self.mode)]
+        return [(m or "default", m) for m in modes]
+
+    def inductor_options(self, alternative: str | None = None) -> dict[str, Any]:
+        """The inductor config patches of ``mode``, or of ``alternative`` (one of ``alternatives``, compiled
+        with the CUDA graphs its mode implies: ``"reduce-overhead"`` is CUDA graphs)."""
+        mode = alternative if alternative is not None else self.mode
         options: dict[str, Any] = {}
-        if self.mode is not None:
+        if mode is not None:
             from torch._inductor import list_mode_options
 
-            options.update(list_mode_options(self.mode))
+            options.update(list_mode_options(mode))
         options["freezing"] = self.freezing
-        options["triton.cudagraphs"] = self.cuda_graphs
+        if alternative is None:
+            options["triton.cudagraphs"] = self.cuda_graphs
+        else:
+            options.setdefault("triton.cudagraphs", False)
         return options
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        """Compile ``gm`` into ``ctx.lowered``, or record why the eager graph is kept."""
+        """Compile ``gm``'s candidates, keep the fastest in ``ctx.lowered``, or record why eager is kept."""
         device = device_of(gm, ctx.example_inputs)
         reason = device_mismatch(ctx.target, device)
         if reason is None and self.backend == "inductor":
@@ -147,33 +173,74 @@ class LowerPass(Pass):
         if self.tf32 and device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        options = self.inductor_options() if self.backend == "inductor" else {}
         stateful = state_buffers(gm)
-        if stateful and options.get("freezing"):
-            options["freezing"] = False  # freezing would fold the state buffers the graph writes as constants
-        start = time.perf_counter()
-        try:
-            # Compilation is lazy: the config must be patched while the warm-up call compiles. (Passing these
-            # as torch.compile(options=...) does not reach inductor's freezing.)
-            with _inductor_patch(options), (contextlib.nullcontext() if ctx.verbose else quiet_compilers()):
-                compiled = torch.compile(gm, backend=self.backend, dynamic=self.dynamic)
-                if self.warmup and ctx.example_inputs:
-                    with torch.no_grad():
-                        compiled(*ctx.example_inputs)
-        except Exception as exc:  # inductor fails in many ways (compiler, unsupported op); all mean "stay eager"
-            log.warning("torch.compile failed, keeping the eager module: %s", exc)
-            return self._fallback(f"{type(exc).__name__}: {_first_line(exc)}")
-        assert isinstance(compiled, torch.nn.Module), "torch.compile wraps a module in an OptimizedModule"
-        ctx.lowered = compiled
-        seconds = time.perf_counter() - start
-        enabled = [k for k, v in options.items() if v is True]
-        note = f"compiled with {self.backend}" + (f" ({', '.join(enabled)})" if enabled else "")
+        compiled, compile_s, notes, failures = self._compile_candidates(gm, ctx, bool(stateful))
+        if not compiled:
+            return self._fallback(failures[0] if failures else "no candidate was compiled")
         if not (self.warmup and ctx.example_inputs):
-            note += "; not warmed up: compiles on first call, without the recipe's options"
+            notes.append("not warmed up: compiles on first call, without the recipe's options")
         if stateful and self.freezing:
-            note += f"; without freezing: the graph writes its state ({', '.join(stateful)})"
-        return PassResult(str(self), changed=False, metrics={"lowered": True, "compile_s": seconds},
-                          notes=(note,))
+            notes.append(f"without freezing: the graph writes its state ({', '.join(stateful)})")
+        metrics: dict[str, Any] = {"compile_s": sum(compile_s.values()),
+                                   **{f"compile_s[{k}]": v for k, v in compile_s.items()}}
+        winner = next(iter(compiled))
+        if self.select and ctx.example_inputs:
+            selection = select_fastest(compiled, gm, ctx.example_inputs, timer=ctx.timer or median_ms)
+            winner = selection.winner
+            metrics.update({f"ms[{k}]": v for k, v in selection.times_ms.items()})
+            notes.insert(0, selection.reason())
+        metrics["winner"] = winner
+        if winner == EAGER:
+            return PassResult(str(self), changed=False,
+                              metrics={**metrics, "lowered": False, "fallback_reason": "eager ran fastest"},
+                              notes=tuple(notes))
+        ctx.lowered = compiled[winner]
+        return PassResult(str(self), changed=False, metrics={**metrics, "lowered": True}, notes=tuple(notes))
+
+    def _compile_candidates(self, gm: fx.GraphModule, ctx: PassContext, stateful: bool) \
+            -> tuple[dict[str, torch.nn.Module], dict[str, float], list[str], list[str]]:
+        """Compile every candidate while the budget lasts: the compiled modules, their compile seconds, notes
+        (one per candidate), and the reasons of the failures."""
+        compiled: dict[str, torch.nn.Module] = {}
+        compile_s: dict[str, float] = {}
+        notes: list[str] = []
+        failures: list[str] = []
+        several = len(self.candidates()) > 1
+        for label, mode in self.candidates():
+            spent = sum(compile_s.values())
+            if self.budget_s is not None and compiled and spent >= self.budget_s:
+                notes.append(f"{label} not compiled: the compile budget of {self.budget_s:g} s was spent "
+                             f"({spent:.1f} s)")
+                continue
+            options = self.inductor_options(None if mode == self.mode else mode)
+            if stateful and options.get("freezing"):
+                options["freezing"] = False  # freezing would fold the state buffers the graph writes as constants
+            start = time.perf_counter()
+            try:
+                compiled[label] = self._compile(gm, options, ctx)
+            except Exception as exc:  # inductor fails in many ways (compiler, unsupported op); all mean "skip it"
+                log.warning("torch.compile (%s) failed: %s", label, exc)
+                failures.append(f"{type(exc).__name__}: {_first_line(exc)}")
+                notes.append(f"{label} not compiled: {failures[-1]}")
+                continue
+            compile_s[label] = time.perf_counter() - start
+            enabled = [k for k, v in options.items() if v is True]
+            notes.append(f"compiled with {self.backend}" + (f" {label}" if several else "")
+                         + (f" ({', '.join(enabled)})" if enabled else ""))
+        return compiled, compile_s, notes, failures
+
+    def _compile(self, gm: fx.GraphModule, options: dict[str, Any], ctx: PassContext) -> torch.nn.Module:
+        """``torch.compile(gm)`` under ``options``, warmed up on the example inputs (compilation is lazy)."""
+        options = options if self.backend == "inductor" else {}
+        # The config must be patched while the warm-up call compiles. (Passing these as torch.compile(options=...)
+        # does not reach inductor's freezing.)
+        with _inductor_patch(options), (contextlib.nullcontext() if ctx.verbose else quiet_compilers()):
+            # torch.compile of a module returns an OptimizedModule (typed as a plain callable)
+            compiled = cast(torch.nn.Module, torch.compile(gm, backend=self.backend, dynamic=self.dynamic))
+            if self.warmup and ctx.example_inputs:
+                with torch.no_grad():
+                    compiled(*ctx.example_inputs)
+        return compiled
 
     def _fallback(self, reason: str) -> PassResult:
         return PassResult(str(self), changed=False, metrics={"lowered": False, "fallback_reason": reason},

@@ -47,6 +47,10 @@ class LatencyModel:
         misaligned_penalty: relative slowdown of a layer whose channel count misses ``alignment``.
         peaks: peak FLOP/s per dtype short name (``"bf16"``, ...).
         efficiency: achievable fraction of peak per op category; missing categories use 1.0.
+        overheads: seconds per op launch of the categories whose overhead is not ``overhead``.
+        launch_overlaps: the launch overlaps the work (GPU: ``max``) instead of adding to it (CPU).
+        ramp_flops: per op category, the FLOPs at which an op reaches half its efficiency.
+        tf32_categories: op categories whose fp32 ops run at the ``"tf32"`` peak.
         name: the target's name.
         device: the target's torch device type.
     """
@@ -58,6 +62,10 @@ class LatencyModel:
     misaligned_penalty: float = 0.15
     peaks: Mapping[str, float] = field(default_factory=dict, hash=False)
     efficiency: Mapping[str, float] = field(default_factory=dict, hash=False)
+    overheads: Mapping[str, float] = field(default_factory=dict, hash=False)
+    launch_overlaps: bool = False
+    ramp_flops: Mapping[str, float] = field(default_factory=dict, hash=False)
+    tf32_categories: tuple[str, ...] = ()
     name: str = "default"
     device: str = "cpu"
 
@@ -71,7 +79,7 @@ class LatencyModel:
         peak = getattr(target, "peak", None)
         if callable(peak):
             fields["peak_flops"] = float(peak("fp32"))
-            fields["peaks"] = {d: float(peak(d)) for d in sorted(set(DTYPE_NAMES.values()))}
+            fields["peaks"] = {d: float(peak(d)) for d in sorted({*DTYPE_NAMES.values(), "tf32"})}
         efficiency = getattr(target, "efficiency_of", None)
         if callable(efficiency):
             fields["efficiency"] = {c: float(efficiency(c)) for c in CATEGORIES}
@@ -81,6 +89,11 @@ class LatencyModel:
         overhead = getattr(target, "op_overhead_s", None)
         if isinstance(overhead, (int, float)) and overhead > 0:
             fields["overhead"] = float(overhead)
+        for key in ("overheads", "ramp_flops"):
+            if isinstance(getattr(target, key, None), Mapping):
+                fields[key] = dict(getattr(target, key))
+        fields["launch_overlaps"] = bool(getattr(target, "launch_overlaps", False))
+        fields["tf32_categories"] = tuple(getattr(target, "tf32_categories", ()))
         alignment = getattr(target, "alignment", None)
         if callable(alignment):
             fields["alignment"] = max(int(alignment("fp32")), 1)
@@ -106,6 +119,20 @@ class LatencyModel:
     def efficiency_of(self, category: str) -> float:
         """Achievable fraction of peak compute for an op category."""
         return float(self.efficiency.get(category, 1.0))
+
+    def overhead_of(self, category: str) -> float:
+        """Seconds per launch of an op of ``category``."""
+        return float(self.overheads.get(category, self.overhead))
+
+    def ramp_of(self, category: str) -> float:
+        """FLOPs at which an op of ``category`` reaches half its efficiency (0: no ramp)."""
+        return float(self.ramp_flops.get(category, 0.0))
+
+    def compute_dtype(self, dtype: str, category: str) -> str:
+        """``"tf32"`` for fp32 ops of the TF32 categories when a TF32 peak is known, else ``dtype``."""
+        if dtype == "fp32" and category in self.tf32_categories and "tf32" in self.peaks:
+            return "tf32"
+        return dtype
 
 
 @dataclass(frozen=True)

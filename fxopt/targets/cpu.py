@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 FLOPS_PER_CYCLE = {"AVX512": 64, "AVX2": 32}
 SLOW_HALF_FACTOR = 1 / 85  # measured bf16/fp16 matmul speed relative to fp32 without AMX
-CPU_EFFICIENCY = {"matmul": 0.6, "conv": 0.5, "depthwise": 0.08, "attention": 0.35}
+CPU_EFFICIENCY = {"matmul": 0.6, "conv": 0.5, "grouped": 0.5, "depthwise": 0.08, "attention": 0.35}
 
 
 def _cpuinfo() -> tuple[set[str], float]:

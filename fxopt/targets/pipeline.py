@@ -17,6 +17,8 @@ from fxopt.passes.base import PASSES, Pass, instantiate, make_pass
 from fxopt.targets.spec import Target
 
 PRECISIONS = ("bf16", "fp16", "int8", "int8_dynamic", "tf32", "auto")
+RECIPES = (None, "default", "max-autotune")
+"""Lowering recipes ``optimize(recipe=...)`` takes (None and ``"default"``: the target's own candidates)."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,17 @@ class OptimizeOptions:
         substitute: None, a structure name, a dict of the substitute pass's options, or a Pass.
         precision: None (fp32), ``"auto"`` (the target's choice), ``"bf16"``, ``"fp16"``, ``"int8"``, ``"tf32"``.
         compile: lower with torch.compile for the target.
+        recipe: None (the target's candidates) or ``"max-autotune"`` (add max-autotune to them: slow to compile).
+        compile_budget_s: seconds the lowering may spend compiling; giving one adds max-autotune as the last
+            candidate, compiled only while the budget lasts.
     """
 
     prune: Any = None
     substitute: Any = None
     precision: str | None = None
     compile: bool = True
+    recipe: str | None = None
+    compile_budget_s: float | None = None
 
 
 def _always(t: Target, o: OptimizeOptions) -> bool:
@@ -80,9 +87,13 @@ def _lower(t: Target, o: OptimizeOptions) -> Pass:
     recipe = t.lowering
     if o.precision == "tf32" and not recipe.tf32:
         raise PassError(f"target {t.name!r} has no TF32 matmuls")
+    if o.recipe not in RECIPES:
+        raise PassError(f"unknown lowering recipe {o.recipe!r}; use one of {', '.join(map(repr, RECIPES))}")
     tf32 = recipe.tf32 and o.precision in ("tf32", "auto", "bf16", "fp16")
+    autotune = ("max-autotune",) if o.recipe == "max-autotune" or o.compile_budget_s is not None else ()
     return make_pass("lower", backend=recipe.backend, mode=recipe.mode, freezing=recipe.freezing,
-                     cuda_graphs=recipe.cuda_graphs, tf32=tf32)
+                     cuda_graphs=recipe.cuda_graphs, tf32=tf32, alternatives=recipe.alternatives + autotune,
+                     select=True, budget_s=o.compile_budget_s)
 
 
 @dataclass(frozen=True)

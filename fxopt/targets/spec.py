@@ -18,10 +18,12 @@ class LoweringRecipe:
 
     Attributes:
         backend: the torch.compile backend.
-        mode: the torch.compile mode (``"max-autotune"`` on GPUs), or None.
+        mode: the torch.compile mode of the first candidate (None: torch.compile's default).
         freezing: let inductor treat parameters as constants (folds weights, prepacks them; inference only).
         cuda_graphs: capture CUDA graphs.
         tf32: the device has TF32 matmuls; they are enabled only when the precision option allows it.
+        alternatives: further torch.compile modes compiled as candidates (``"reduce-overhead"`` on GPUs); the
+            lowering times every candidate and eager on the example inputs and keeps the fastest.
     """
 
     backend: str = "inductor"
@@ -29,6 +31,7 @@ class LoweringRecipe:
     freezing: bool = False
     cuda_graphs: bool = False
     tf32: bool = False
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,18 @@ class Target:
         isa: instruction set (``"AVX512"``) or architecture (``"sm_90"``).
         memory_bytes: device memory.
         op_overhead_s: fixed cost per op (dispatch or kernel launch) in the roofline model.
+        overheads: the fixed cost per op of some op categories, where it differs from ``op_overhead_s`` (a
+            cuDNN convolution launches more than an elementwise kernel).
+        launch_overlaps: the fixed cost overlaps the work (GPUs: the host queues the next kernel while the
+            device runs this one), so an op takes ``max(overhead, work)``; else (CPUs) ``overhead + work``.
         efficiency: achievable fraction of peak compute per op category (``"matmul"``, ``"conv"``,
-            ``"depthwise"``, ``"attention"``, ...); missing categories use 1.0.
+            ``"depthwise"``, ``"grouped"``, ``"attention"``, ...); missing categories use 1.0.
+        ramp_flops: per op category, the FLOPs of one op at which it reaches half its ``efficiency``: small
+            GEMMs and convolutions cannot fill the device (an op of ``f`` FLOPs runs at
+            ``efficiency * f / (f + ramp)``); missing categories have no ramp.
+        tf32_categories: op categories whose fp32 ops run at the ``"tf32"`` peak (PyTorch's TF32 flags when the
+            target was built: cuDNN convolutions use TF32 by default, matmuls do not; see
+            ``fxopt.targets.gpus.tf32_allowed``).
         channels_last: conv nets run faster in channels_last memory format.
         horizontal_fusion: fusing sibling matmuls pays off.
         slow_dtypes: dtypes slower than fp32 here; the pipeline refuses them as precision.
@@ -66,7 +79,11 @@ class Target:
     isa: str = ""
     memory_bytes: float = 0.0
     op_overhead_s: float = 5e-6
+    overheads: Mapping[str, float] = field(default_factory=dict, hash=False)
+    launch_overlaps: bool = False
     efficiency: Mapping[str, float] = field(default_factory=dict, hash=False)
+    ramp_flops: Mapping[str, float] = field(default_factory=dict, hash=False)
+    tf32_categories: tuple[str, ...] = ()
     channels_last: bool = True
     horizontal_fusion: bool = False
     slow_dtypes: tuple[str, ...] = ()
@@ -90,6 +107,21 @@ class Target:
     def efficiency_of(self, category: str) -> float:
         """Achievable fraction of peak compute for an op category."""
         return float(self.efficiency.get(category, 1.0))
+
+    def overhead_of(self, category: str) -> float:
+        """Fixed cost in seconds of one op of ``category`` (``op_overhead_s`` unless ``overheads`` lists it)."""
+        return float(self.overheads.get(category, self.op_overhead_s))
+
+    def ramp_of(self, category: str) -> float:
+        """FLOPs at which one op of ``category`` reaches half its efficiency (0: no ramp)."""
+        return float(self.ramp_flops.get(category, 0.0))
+
+    def compute_dtype(self, dtype: str, category: str) -> str:
+        """The dtype whose peak an op of ``category`` on ``dtype`` tensors runs at: fp32 runs as TF32 where
+        ``tf32_categories`` says so and the target has a TF32 peak."""
+        if dtype == "fp32" and category in self.tf32_categories and "tf32" in self.peak_flops:
+            return "tf32"
+        return dtype
 
     def describe(self) -> str:
         """A one-line human description."""

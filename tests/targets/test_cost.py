@@ -27,7 +27,7 @@ def test_cost_conv_flops_follow_the_formula() -> None:
     conv = nn.Conv2d(4, 8, 3, padding=1, groups=2)
     table = graph_cost(fxopt.trace(conv, (torch.randn(1, 4, 6, 6),)), (torch.randn(1, 4, 6, 6),))
     (row,) = table.rows
-    assert row.category == "conv"
+    assert row.category == "grouped"
     assert row.flops == B * (2 * 8 * 36 * (4 // 2) * 9 + 8 * 36)
 
 

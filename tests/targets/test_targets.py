@@ -39,13 +39,13 @@ def test_gpu_targets_have_ordered_peaks_and_double_sparse_peaks() -> None:
 
 def test_pipeline_for_cpu_lowers_with_freezing_and_no_sibling_fusion() -> None:
     passes = pipeline_for(get_target("cpu"), OptimizeOptions())
-    assert _names(passes) == ["cleanup", "fuse", "channels_last", "lower(freezing=True)"]
+    assert _names(passes) == ["cleanup", "fuse", "channels_last", "lower(freezing=True,select=True)"]
 
 
-def test_pipeline_for_gpu_fuses_siblings_and_autotunes_without_tf32_by_default() -> None:
+def test_pipeline_for_gpu_fuses_siblings_and_times_default_and_cuda_graphs_without_tf32() -> None:
     passes = pipeline_for(get_target("h100"), OptimizeOptions())
     assert _names(passes) == ["cleanup", "fuse(siblings=True)", "sdpa", "channels_last",
-                              "lower(mode='max-autotune',freezing=True,cuda_graphs=True)"]
+                              "lower(freezing=True,alternatives=('reduce-overhead',),select=True)"]
 
 
 def test_pipeline_for_gpu_auto_precision_picks_bf16_and_tf32() -> None:
