@@ -27,6 +27,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fxopt.errors import TraceError
+from fxopt.input_dims import InputDim, dynamic_dims, export_shapes, flat_tensors, spatial_dims, widened
 from fxopt.module_state import StateError, check_state_shapes, restore, tensor_attributes, thread_state
 from fxopt.tracers import LeafTracer, ShapeTracer, known_output
 
@@ -48,6 +49,21 @@ class TraceInfo:
     dropped_state: tuple[str, ...] = ()
     specialized: bool = False
     cache_disabled: bool = False
+    dynamic: tuple[InputDim, ...] = ()
+    static: tuple[StaticDim, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticDim:
+    """An input dim the captured graph cannot vary, and the first node that fixes it (``node`` is ``""`` when
+    the graph fixes it at its inputs, as export does for a dim it specialized)."""
+
+    dim: InputDim
+    node: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.dim} because {self.node or 'the graph'}: {self.reason}"
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -71,7 +87,14 @@ def _trace_fx(model: torch.nn.Module, tracer: LeafTracer) -> fx.GraphModule:
 
 
 def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
-    program = torch.export.export(model, inputs, strict=False)
+    """Export with symbolic batch and sequence dims (``fxopt.input_dims``); statically when that fails."""
+    dims = dynamic_dims(inputs)
+    try:
+        program = torch.export.export(model, widened(inputs, dims), dynamic_shapes=export_shapes(inputs, dims),
+                                      strict=False)
+    except Exception:  # a model export cannot trace symbolically may still export at the example's sizes
+        log.debug("export with dynamic dims failed; exporting at the example's sizes", exc_info=True)
+        program = torch.export.export(model, inputs, strict=False)
     gm = program.module()
     _inline_regions(gm)
     _drop_export_guards(gm)
@@ -231,6 +254,80 @@ class _TrackingProp(FakeTensorProp):
         return known if known is not None else super().call_module(target, args, kwargs)
 
 
+def static_dims(gm: fx.GraphModule, example_inputs: Sequence[Any], dims: Sequence[InputDim]) -> tuple[StaticDim, ...]:
+    """The dims among ``dims`` that ``gm`` cannot vary, each with the first node that fixes it.
+
+    Runs the graph once under fake tensors whose ``dims`` are symbols (example sizes of 1 widened to 2) and
+    watches the shape environment: a node whose guards set a symbol to a number (a flatten into a Linear, a
+    view with the example's sequence length, an add of a fixed-size position table) is the reason.
+
+    Args:
+        gm: the captured graph module.
+        example_inputs: its inputs, as its placeholders take them (pytree-flattened for exported graphs).
+        dims: the dims to check; ``InputDim.input`` indexes ``example_inputs``.
+
+    Returns:
+        The static dims in the order of ``dims``; a dim the symbolic run could not reach (an op failed on
+        symbols) is static with that node and its error.
+    """
+    if not dims:
+        return ()
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    shape_env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=True)
+    fakes: list[Any] = []
+    for i, x in enumerate(widened(tuple(example_inputs), dims)):
+        if not isinstance(x, torch.Tensor):
+            fakes.append(x)
+            continue
+        dyn = {d.dim for d in dims if d.input == i}
+        context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC if k in dyn else DimDynamic.STATIC
+                                                          for k in range(x.ndim)])
+        fakes.append(mode.from_tensor(x, source=ConstantSource(f"input{i}"), symbolic_context=context))
+    symbols = {d: fakes[d.input].shape[d.dim] for d in dims}
+    found: dict[InputDim, StaticDim] = {}
+    runner = _SymbolicRun(gm, shape_env, symbols, found)
+    try:
+        with mode:
+            runner.run(*fakes)
+    except Exception as exc:  # any op that cannot run on symbols fixes the dims not yet decided
+        node = runner.current.name if runner.current is not None else ""
+        for d in dims:
+            found.setdefault(d, StaticDim(d, node, f"does not run on symbolic sizes: {_first_line(exc)}"))
+    return tuple(found[d] for d in dims if d in found)
+
+
+class _SymbolicRun(fx.Interpreter):
+    """Runs a graph on symbolic fake tensors without touching ``node.meta``, recording the node after which
+    each symbol became a number."""
+
+    def __init__(self, gm: fx.GraphModule, shape_env: Any, symbols: dict[InputDim, Any],
+                 found: dict[InputDim, StaticDim]) -> None:
+        super().__init__(gm)
+        self.shape_env, self.symbols, self.found = shape_env, symbols, found
+        self.current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        """Run ``n``, then record the dims its guards fixed."""
+        self.current = n
+        result = super().run_node(n)
+        for d, s in self.symbols.items():
+            if d in self.found:
+                continue
+            if not isinstance(s, torch.SymInt):
+                self.found[d] = StaticDim(d, "", "the graph takes it at a fixed size")
+            elif self.shape_env.replace(s.node.expr).is_number:
+                self.found[d] = StaticDim(d, n.name, f"{_describe(n)} needs it at a fixed size")
+        return result
+
+
+def _describe(n: fx.Node) -> str:
+    target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+    return f"{n.op} {target}"
+
+
 def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
     """Example inputs as the graph's placeholders see them (export graphs take the pytree-flattened inputs)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -304,7 +401,7 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
                     break  # the example's sizes would not change the state's
                 continue
             gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx", failures[0] if failures else None,
-                                                                 specialized=sized)
+                                                                 specialized=sized, **_dims(gm, inputs))
             return gm
         if frontend == "fx":
             raise TraceError(f"symbolic tracing of {type(model).__name__} failed ({'; '.join(failures)}); "
@@ -319,8 +416,20 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
             + ". Check that the example inputs match forward()'s signature; data-dependent control flow "
             "needs torch.cond or a leaf module."
         ) from exc
-    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped)}
+    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped,
+                                           **_dims(gm, inputs))}
     return gm
+
+
+def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
+    """TraceInfo's ``dynamic`` and ``static`` fields: which batch, sequence and image dims the graph can vary."""
+    flat = _flat_inputs(gm, inputs)
+    if len(flat) != len(flat_tensors(inputs)):
+        return {}  # the placeholders do not take the flattened inputs: InputDim indices would not match
+    wanted = dynamic_dims(inputs) + spatial_dims(inputs)
+    static = static_dims(gm, flat, wanted)
+    fixed = {s.dim for s in static}
+    return {"dynamic": tuple(d for d in wanted if d not in fixed), "static": static}
 
 
 def _first_line(exc: BaseException) -> str:
