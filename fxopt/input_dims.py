@@ -12,13 +12,16 @@ dim is specialized to 1: ``widened``), and makes inputs of other sizes for the o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import torch
 
 DimKind = Literal["batch", "sequence", "spatial"]
+Sizes = Union[Sequence[Mapping[str, int]], Literal["other"], None]
+"""Other input sizes to check: ``[{"batch": 2, "sequence": 7}, ...]`` (a kind left out keeps the example's
+size), ``"other"`` for two sets picked by ``other_sizes``, or None for none."""
 
 
 @dataclass(frozen=True)
@@ -148,4 +151,44 @@ def other_sizes(inputs: Any, dims: Sequence[InputDim], count: int = 2) -> list[A
                 n = n if n != have else have + 1
             sizes[d] = n
         sets.append(resized(inputs, sizes))
+    return sets
+
+
+def captured_dims(module: Any, inputs: Any) -> tuple[InputDim, ...]:
+    """The dims a captured graph module runs at any size (its ``TraceInfo.dynamic``); for any other module, the
+    dims ``dynamic_dims`` picks."""
+    meta = getattr(module, "meta", None)
+    info = meta.get("fxopt", {}).get("trace") if isinstance(meta, dict) else None
+    dims = getattr(info, "dynamic", None)
+    return tuple(dims) if dims is not None else dynamic_dims(inputs)
+
+
+def size_sets(inputs: Any, dims: Sequence[InputDim], sizes: Sizes) -> list[Any]:
+    """The input sets that ``sizes`` asks for, built from ``inputs`` by ``resized``.
+
+    Args:
+        inputs: the example inputs.
+        dims: the dims that may change (``captured_dims``); a kind in ``sizes`` changes all of its dims.
+        sizes: see ``Sizes``.
+
+    Returns:
+        One input set per entry of ``sizes`` (two for ``"other"``, none for None).
+
+    Raises:
+        ValueError: for a kind no dim of ``dims`` has, naming the kinds there are.
+    """
+    if sizes is None:
+        return []
+    if isinstance(sizes, str):
+        if sizes != "other":
+            raise ValueError(f"sizes={sizes!r}: pass 'other' or a list like [{{'batch': 2, 'sequence': 7}}]")
+        return other_sizes(inputs, dims)
+    kinds = {d.kind for d in dims}
+    sets = []
+    for size in sizes:
+        unknown = set(size) - kinds
+        if unknown:
+            raise ValueError(f"no dynamic {', '.join(sorted(unknown))} dim in the inputs; dynamic kinds: "
+                             f"{', '.join(sorted(kinds)) or 'none'}")
+        sets.append(resized(inputs, {d: size[d.kind] for d in dims if d.kind in size}))
     return sets

@@ -408,6 +408,7 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
                              "try frontend='export' or 'auto'")
     try:
         gm = _trace_export(model, inputs)
+        symbolic = _symbolic_dims(gm)
         propagate_shapes(gm, _flat_inputs(gm, inputs))
     except Exception as exc:
         failures.append(f"export: {type(exc).__name__}: {_first_line(exc)}")
@@ -417,17 +418,31 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
             "needs torch.cond or a leaf module."
         ) from exc
     gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped,
-                                           **_dims(gm, inputs))}
+                                           **_dims(gm, inputs, symbolic))}
     return gm
 
 
-def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
-    """TraceInfo's ``dynamic`` and ``static`` fields: which batch, sequence and image dims the graph can vary."""
+def _symbolic_dims(gm: fx.GraphModule) -> set[tuple[int, int]]:
+    """``(placeholder index, dim)`` of every placeholder dim that export left symbolic."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return {(i, d) for i, n in enumerate(placeholders) if isinstance(v := n.meta.get("val"), torch.Tensor)
+            for d, s in enumerate(v.shape) if isinstance(s, torch.SymInt)}
+
+
+def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
+          exported: set[tuple[int, int]] | None = None) -> dict[str, tuple[Any, ...]]:
+    """TraceInfo's ``dynamic`` and ``static`` fields: which batch, sequence and image dims the graph can vary.
+
+    For an fx graph every batch, sequence and image dim is checked by a symbolic run (``static_dims``). Export
+    already says which of the batch and sequence dims it kept symbolic (``exported``); only the others are run,
+    to name the node that fixed them, and image dims, never requested from export, are not listed.
+    """
     flat = _flat_inputs(gm, inputs)
     if len(flat) != len(flat_tensors(inputs)):
         return {}  # the placeholders do not take the flattened inputs: InputDim indices would not match
-    wanted = dynamic_dims(inputs) + spatial_dims(inputs)
-    static = static_dims(gm, flat, wanted)
+    wanted = dynamic_dims(inputs) + (spatial_dims(inputs) if exported is None else ())
+    checked = [d for d in wanted if exported is None or (d.input, d.dim) not in exported]
+    static = static_dims(gm, flat, checked)
     fixed = {s.dim for s in static}
     return {"dynamic": tuple(d for d in wanted if d not in fixed), "static": static}
 
