@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 
 DimKind = Literal["batch", "sequence", "spatial"]
-Sizes = Union[Sequence[Mapping[str, int]], Literal["other"], None]
+Sizes = Sequence[Mapping[str, int]] | Literal["other"] | None
 """Other input sizes to check: ``[{"batch": 2, "sequence": 7}, ...]`` (a kind left out keeps the example's
 size), ``"other"`` for two sets picked by ``other_sizes``, or None for none."""
 
