@@ -4,7 +4,8 @@ After every pass the manager lints the graph (fx's lint and fxopt's) and, when t
 and re-propagates shapes with the example inputs. In checked mode it also runs the module before and after each
 lossless pass and compares the outputs, at the example's sizes and, when the graph was captured with dynamic batch
 or sequence dims, at two other sizes (a pass that bakes the example's sizes into the graph fails there). A
-failure raises ``PassError`` naming the pass, the passes before it and, when known, the node; with ``reproducer_dir`` the graph before the failing pass is written there.
+failure raises ``PassError`` naming the pass, the passes before it and, when known, the node; with
+``reproducer_dir`` the graph before the failing pass is written there.
 """
 
 from __future__ import annotations
