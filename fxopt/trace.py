@@ -96,6 +96,9 @@ def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphMo
         log.debug("export with dynamic dims failed; exporting at the example's sizes", exc_info=True)
         program = torch.export.export(model, inputs, strict=False)
     gm = program.module()
+    # fxopt keeps the example's concrete shapes in the placeholders' values, which export's input check would
+    # read as constraints: the graph would refuse every other batch size once its guard call is cleaned up.
+    gm.validate_inputs = False
     _inline_regions(gm)
     _drop_export_guards(gm)
     _drop_dropped_results(gm)
@@ -312,15 +315,32 @@ class _SymbolicRun(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         """Run ``n``, then record the dims its guards fixed."""
         self.current = n
+        seen = len(self.shape_env.guards)
         result = super().run_node(n)
+        fixing = [g.expr for g in self.shape_env.guards[seen:] if _fixes_sizes(g.expr)]
         for d, s in self.symbols.items():
             if d in self.found:
                 continue
             if not isinstance(s, torch.SymInt):
                 self.found[d] = StaticDim(d, "", "the graph takes it at a fixed size")
-            elif self.shape_env.replace(s.node.expr).is_number:
-                self.found[d] = StaticDim(d, n.name, f"{_describe(n)} needs it at a fixed size")
+                continue
+            expr = s.node.expr
+            fixed = [g for g in fixing if expr in g.free_symbols]
+            if self.shape_env.replace(expr).is_number or fixed:
+                why = f" ({fixed[0]} for {expr})" if fixed else ""
+                self.found[d] = StaticDim(d, n.name, f"{_describe(n)} needs it at a fixed size{why}")
         return result
+
+
+def _fixes_sizes(guard: Any) -> bool:
+    """Whether a shape guard pins sizes to numbers (``Eq(4*s1*s2, 256)``, a flatten into a Linear) rather than
+    relating sizes to each other (``Eq(s0, s1)``) or bounding them (``s0 < 16``)."""
+    import sympy
+
+    if not isinstance(guard, sympy.Eq):
+        return False
+    constant, _ = sympy.expand(guard.lhs - guard.rhs).as_coeff_Add()
+    return bool(constant != 0)
 
 
 def _describe(n: fx.Node) -> str:
@@ -426,7 +446,7 @@ def _symbolic_dims(gm: fx.GraphModule) -> set[tuple[int, int]]:
     """``(placeholder index, dim)`` of every placeholder dim that export left symbolic."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     return {(i, d) for i, n in enumerate(placeholders) if isinstance(v := n.meta.get("val"), torch.Tensor)
-            for d, s in enumerate(v.shape) if isinstance(s, torch.SymInt)}
+            for d, s in enumerate(v.shape) if isinstance(s, torch.SymInt) and not s.node.expr.is_number}
 
 
 def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
