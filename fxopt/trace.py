@@ -55,15 +55,15 @@ class TraceInfo:
 
 @dataclass(frozen=True)
 class StaticDim:
-    """An input dim the captured graph cannot vary, and the first node that fixes it (``node`` is ``""`` when
-    the graph fixes it at its inputs, as export does for a dim it specialized)."""
+    """An input dim the captured graph cannot vary, the first node that fixes it (``""`` when the graph takes it
+    at a fixed size) and why, naming that node."""
 
     dim: InputDim
     node: str
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.dim} because {self.node or 'the graph'}: {self.reason}"
+        return f"{self.dim} because {self.reason}"
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -327,9 +327,25 @@ class _SymbolicRun(fx.Interpreter):
             expr = s.node.expr
             fixed = [g for g in fixing if expr in g.free_symbols]
             if self.shape_env.replace(expr).is_number or fixed:
-                why = f" ({fixed[0]} for {expr})" if fixed else ""
-                self.found[d] = StaticDim(d, n.name, f"{_describe(n)} needs it at a fixed size{why}")
+                why = f": {self._readable(fixed[0])}" if fixed else ""
+                self.found[d] = StaticDim(d, n.name, f"{self._describe(n)} needs it at a fixed size{why}")
         return result
+
+
+    def _readable(self, guard: Any) -> str:
+        """``Eq(8*s7*s92, 512)`` as ``8*x.shape[2]*x.shape[3] == 512``, with the placeholders' names."""
+        import sympy
+
+        names = [n.name for n in self.module.graph.nodes if n.op == "placeholder"]
+        subs = {s.node.expr: sympy.Symbol(f"{names[d.input]}.shape[{d.dim}]") for d, s in self.symbols.items()
+                if isinstance(s, torch.SymInt) and d.input < len(names)}
+        return f"{guard.lhs.xreplace(subs)} == {guard.rhs.xreplace(subs)}"
+
+    def _describe(self, n: fx.Node) -> str:
+        if n.op == "call_module":
+            return f"{n.name} ({type(self.module.get_submodule(str(n.target))).__name__})"
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+        return f"{n.name} ({target})"
 
 
 def _fixes_sizes(guard: Any) -> bool:
@@ -341,11 +357,6 @@ def _fixes_sizes(guard: Any) -> bool:
         return False
     constant, _ = sympy.expand(guard.lhs - guard.rhs).as_coeff_Add()
     return bool(constant != 0)
-
-
-def _describe(n: fx.Node) -> str:
-    target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-    return f"{n.op} {target}"
 
 
 def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from fxopt.pruning.config import PruneConfig
 from fxopt.pruning.planner import GroupDecision
 from fxopt.pruning.reconstruction import ReaderFix
+from fxopt.trace import StaticDim
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class PruneReport:
         reconstruction: one record per repaired reader.
         notes: per group, remarks from the criterion (fallbacks).
         seconds: wall time of the run.
+        static_dims: batch, sequence and image dims the captured graph runs at the example's size only, each
+            with the node that fixes it (``fxopt.trace.static_dims``).
     """
 
     config: PruneConfig
@@ -46,6 +49,7 @@ class PruneReport:
     reconstruction: tuple[ReaderFix, ...] = ()
     notes: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    static_dims: tuple[StaticDim, ...] = ()
 
     @property
     def pruned(self) -> list[GroupDecision]:
@@ -79,6 +83,8 @@ class PruneReport:
              f"predicted latency {self.latency_ratio:.3f}x"),
             "  groups: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())),
         ]
+        if self.static_dims:
+            lines.append(f"  dims kept static: {'; '.join(str(s) for s in self.static_dims)}")
         if self.budget_achieved is not None:
             lines.append(f"  budget: plan keeps {self.budget_achieved:.3f} of {self.config.metric}")
         for entry, ids in self.ignored.items():
