@@ -46,8 +46,8 @@ def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
     """The dims of ``inputs`` that the captured graph should keep symbolic.
 
     Dim 0 of every tensor of one or more dims is a batch dim; dim 1 of an integer tensor of two or more dims is a
-    sequence dim (token ids, attention masks, position ids). Float dims past the batch (channels, pixels,
-    features) stay as traced.
+    sequence dim (token ids, integer or boolean attention masks, position ids). Float dims past the batch
+    (channels, pixels, features) stay as traced.
 
     Args:
         inputs: the example inputs, a tensor or a (nested) tuple of them.
@@ -64,7 +64,7 @@ def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
         if not isinstance(x, torch.Tensor) or x.ndim == 0:
             continue
         dims.append(InputDim(i, 0, "batch"))
-        if x.ndim >= 2 and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+        if x.ndim >= 2 and not x.is_floating_point() and not x.is_complex():
             dims.append(InputDim(i, 1, "sequence"))
     return tuple(dims)
 
