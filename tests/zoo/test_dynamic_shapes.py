@@ -36,7 +36,7 @@ def _gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                                      attn_implementation="sdpa"))
+                                      bos_token_id=0, eos_token_id=0, attn_implementation="sdpa"))
 
 
 def _bert() -> nn.Module:
