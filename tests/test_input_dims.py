@@ -14,8 +14,16 @@ import torch.nn.functional as F
 
 import fxopt
 from fxopt.errors import PassError
-from fxopt.input_dims import (InputDim, dynamic_dims, export_shapes, other_sizes, resized, size_sets,
-                              spatial_dims, widened)
+from fxopt.input_dims import (
+    InputDim,
+    dynamic_dims,
+    export_shapes,
+    other_sizes,
+    resized,
+    size_sets,
+    spatial_dims,
+    widened,
+)
 from fxopt.passes import GraphEditor, Pass, PassContext, PassManager, PassResult
 from fxopt.testing import assert_equivalent, check_zero_invariance
 
