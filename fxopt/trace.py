@@ -7,6 +7,10 @@ runs non-strict ``torch.export`` and unlifts the result to a GraphModule of ATen
 ``get_attr`` nodes; it follows data-dependent Python (transformers, most timm models) that symbolic tracing cannot.
 ``auto`` tries ``fx`` and falls back to ``export``, recording which one it used and why in ``gm.meta["fxopt"]``.
 
+Batch and sequence dims stay symbolic (``fxopt.input_dims``): export runs with ``Dim.AUTO`` on them, and fx
+reads sizes at run time anyway. ``static_dims`` finds the dims the graph cannot vary and the node that fixes each;
+``TraceInfo.dynamic`` and ``TraceInfo.static`` record both.
+
 Shapes are filled by running the graph under a ``FakeTensorMode``: no real compute happens, so a model whose
 parameters live on the meta device (a 7B-shaped config) traces in seconds.
 """
