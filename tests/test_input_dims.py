@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxopt
+from fxopt.equivalence import run
 from fxopt.errors import PassError
 from fxopt.input_dims import (
     InputDim,
@@ -189,3 +190,20 @@ def test_cleanup_keeps_an_expand_sized_by_another_tensor():
     PassManager("cleanup", checked=True).run(gm, (x,))
     assert any(n.target is torch.ops.aten.expand.default for n in gm.graph.nodes)
     assert_equivalent(model, gm, (x,), sizes=[{"batch": 3}])
+
+
+def test_prune_keeps_a_size_read_of_a_pruned_tensor_in_a_view():
+    model, ids = Heads().eval(), torch.randint(0, 20, (1, 5))
+    gm = fxopt.trace(model, (ids,), frontend="export")
+    q = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.linear.default)
+    view = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.view.default)
+    with gm.graph.inserting_before(view):
+        batch = gm.graph.call_function(torch.ops.aten.sym_size.int, (q, 0))  # the size read of a pruned tensor
+    batch.meta["val"] = 1
+    view.args = (view.args[0], [batch, *view.args[1][1:]])
+    gm.recompile()
+    pruned, report = fxopt.prune(gm, (ids,), ratio=0.5)
+    assert report.pruned
+    view = next(n for n in pruned.graph.nodes if n.target is torch.ops.aten.view.default)
+    assert isinstance(view.args[1][0], fx.Node)  # still read at run time, not the example's 1
+    assert [t.shape for t in run(pruned, (torch.randint(0, 20, (3, 5)),))] == [(3, 5, 3)]
