@@ -122,11 +122,23 @@ def export_shapes(inputs: tuple[Any, ...], dims: Sequence[InputDim]) -> tuple[An
     return tuple(torch.utils._pytree.tree_unflatten(per_leaf, spec))
 
 
+def other_size(have: int, dim: InputDim) -> int:
+    """One size other than the example's ``have`` and never 1: a batch of 2 (3 when the example's is 2), half the
+    sequence (at least 2; the example's plus one when that is the example's), twice the image size."""
+    if dim.kind == "batch":
+        return 3 if have == 2 else 2
+    if dim.kind == "spatial":
+        return 2 * have
+    n = max(2, have // 2)
+    return n if n != have else have + 1
+
+
 def other_sizes(inputs: Any, dims: Sequence[InputDim], count: int = 2) -> list[Any]:
     """``count`` input sets at sizes other than the example's, every dynamic dim changed in each.
 
-    Batch dims become 2 then 3 (3 then 2 when the example's is 2); sequence dims shrink to about half the
-    example's, then grow by 3. The sizes avoid 1, which would hide broadcasting errors.
+    The first set takes ``other_size`` of each dim; in the second, batch dims become 3 (2 when the example's is
+    3), sequence dims grow by 3 and image dims keep the example's size (odd sizes break models that halve
+    them). The sizes avoid 1, which would hide broadcasting errors.
 
     Args:
         inputs: the example inputs.
@@ -141,15 +153,13 @@ def other_sizes(inputs: Any, dims: Sequence[InputDim], count: int = 2) -> list[A
     leaves = flat_tensors(inputs)
     sets: list[Any] = []
     for k in range(count):
-        sizes = {}
+        sizes: dict[InputDim, int] = {}
         for d in dims:
             have = leaves[d.input].shape[d.dim]
-            if d.kind == "batch":
-                n = (2, 3)[k] if have != (2, 3)[k] else (3, 2)[k]
-            else:
-                n = max(2, have // 2) if k == 0 else have + 3
-                n = n if n != have else have + 1
-            sizes[d] = n
+            if k == 0:
+                sizes[d] = other_size(have, d)
+            elif d.kind != "spatial":
+                sizes[d] = (2 if have == 3 else 3) if d.kind == "batch" else have + 3
         sets.append(resized(inputs, sizes))
     return sets
 

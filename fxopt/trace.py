@@ -31,7 +31,16 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fxopt.errors import TraceError
-from fxopt.input_dims import InputDim, dynamic_dims, export_shapes, flat_tensors, spatial_dims, widened
+from fxopt.input_dims import (
+    InputDim,
+    dynamic_dims,
+    export_shapes,
+    flat_tensors,
+    other_size,
+    resized,
+    spatial_dims,
+    widened,
+)
 from fxopt.module_state import StateError, check_state_shapes, restore, tensor_attributes, thread_state
 from fxopt.tracers import LeafTracer, ShapeTracer, known_output
 
@@ -262,105 +271,82 @@ class _TrackingProp(FakeTensorProp):
 
 
 def static_dims(gm: fx.GraphModule, example_inputs: Sequence[Any], dims: Sequence[InputDim]) -> tuple[StaticDim, ...]:
-    """The dims among ``dims`` that ``gm`` cannot vary, each with the first node that fixes it.
+    """The dims among ``dims`` that ``gm`` cannot vary, each with the first node that fails when it varies.
 
-    Runs the graph once under fake tensors whose ``dims`` are symbols (example sizes of 1 widened to 2) and
-    watches the shape environment: a node whose guards set a symbol to a number (a flatten into a Linear, a
-    view with the example's sequence length, an add of a fixed-size position table) is the reason.
+    Runs the graph on fake tensors (no compute) with every dim of ``dims`` changed at once (``other_size``); when
+    that runs, all of them may vary. Otherwise each dim is tried alone, and the node where a run fails (a
+    flatten into a Linear for the image size, a position table of fixed length for the sequence) is the reason.
 
     Args:
-        gm: the captured graph module.
+        gm: the captured graph module; its ``node.meta`` is left alone.
         example_inputs: its inputs, as its placeholders take them (pytree-flattened for exported graphs).
         dims: the dims to check; ``InputDim.input`` indexes ``example_inputs``.
 
     Returns:
-        The static dims in the order of ``dims``; a dim the symbolic run could not reach (an op failed on
-        symbols) is static with that node and its error.
+        The static dims in the order of ``dims``.
     """
-    if not dims:
+    if not dims or _fake_run(gm, example_inputs, dims) is None:
         return ()
-    from torch._dynamo.source import ConstantSource
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+    found = []
+    for d in dims:
+        failure = _fake_run(gm, example_inputs, [d])
+        if failure is not None:
+            node, error = failure
+            found.append(StaticDim(d, node.name, f"{_describe(gm, node)} fails at another size: {error}"))
+    return tuple(found)
 
-    shape_env = ShapeEnv()
-    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=True)
-    fakes: list[Any] = []
-    for i, x in enumerate(widened(tuple(example_inputs), dims)):
-        if not isinstance(x, torch.Tensor):
-            fakes.append(x)
-            continue
-        dyn = {d.dim for d in dims if d.input == i}
-        context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC if k in dyn else DimDynamic.STATIC
-                                                          for k in range(x.ndim)])
-        fakes.append(mode.from_tensor(x, source=ConstantSource(f"input{i}"), symbolic_context=context))
-    symbols = {d: fakes[d.input].shape[d.dim] for d in dims}
-    found: dict[InputDim, StaticDim] = {}
-    runner = _SymbolicRun(gm, shape_env, symbols, found)
+
+def _fake_run(gm: fx.GraphModule, example_inputs: Sequence[Any],
+              dims: Sequence[InputDim]) -> tuple[fx.Node, str] | None:
+    """Run ``gm`` on fake inputs with ``dims`` at other sizes; the failing node and its error, or None."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = resized(list(example_inputs), {d: other_size(example_inputs[d.input].shape[d.dim], d) for d in dims})
+    runner = _FakeRun(gm)
     try:
-        with mode:
-            runner.run(*fakes)
-    except Exception as exc:  # any op that cannot run on symbols fixes the dims not yet decided
-        node = runner.current.name if runner.current is not None else ""
-        for d in dims:
-            found.setdefault(d, StaticDim(d, node, f"does not run on symbolic sizes: {_first_line(exc)}"))
-    return tuple(found[d] for d in dims if d in found)
+        with mode, _expected_failures():
+            runner.run(*[mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs])
+    except Exception as exc:  # any failure at the new sizes means the graph fixes one of them
+        if runner.current is None:
+            raise
+        return runner.current, _first_line(exc)
+    return None
 
 
-class _SymbolicRun(fx.Interpreter):
-    """Runs a graph on symbolic fake tensors without touching ``node.meta``, recording the node after which
-    each symbol became a number."""
+@contextlib.contextmanager
+def _expected_failures() -> Iterator[None]:
+    """Keep fake tensors from logging, at error level, the failure that ``_fake_run`` is looking for (it is
+    caught and reported as a static dim); the filter is removed on the way out."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    drop = logging.Filter("no record passes a filter named so")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
-    def __init__(self, gm: fx.GraphModule, shape_env: Any, symbols: dict[InputDim, Any],
-                 found: dict[InputDim, StaticDim]) -> None:
-        super().__init__(gm)
-        self.shape_env, self.symbols, self.found = shape_env, symbols, found
-        self.current: fx.Node | None = None
+
+class _FakeRun(fx.Interpreter):
+    """Runs a graph on fake tensors without touching ``node.meta``, remembering the node it is running; layers
+    whose output shape follows from their input's are not run (``known_output``)."""
+
+    current: fx.Node | None = None
 
     def run_node(self, n: fx.Node) -> Any:
-        """Run ``n``, then record the dims its guards fixed."""
+        """Run ``n``, recording it first."""
         self.current = n
-        seen = len(self.shape_env.guards)
-        result = super().run_node(n)
-        fixing = [g.expr for g in self.shape_env.guards[seen:] if _fixes_sizes(g.expr)]
-        for d, s in self.symbols.items():
-            if d in self.found:
-                continue
-            if not isinstance(s, torch.SymInt):
-                self.found[d] = StaticDim(d, "", "the graph takes it at a fixed size")
-                continue
-            expr = s.node.expr
-            fixed = [g for g in fixing if expr in g.free_symbols]
-            if self.shape_env.replace(expr).is_number or fixed:
-                why = f": {self._readable(fixed[0])}" if fixed else ""
-                self.found[d] = StaticDim(d, n.name, f"{self._describe(n)} needs it at a fixed size{why}")
-        return result
+        return super().run_node(n)
+
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The output from the input's shape where that is known; else run the module."""
+        known = known_output(self.fetch_attr(str(target)), args, kwargs)
+        return known if known is not None else super().call_module(target, args, kwargs)
 
 
-    def _readable(self, guard: Any) -> str:
-        """``Eq(8*s7*s92, 512)`` as ``8*x.shape[2]*x.shape[3] == 512``, with the placeholders' names."""
-        import sympy
-
-        names = [n.name for n in self.module.graph.nodes if n.op == "placeholder"]
-        subs = {s.node.expr: sympy.Symbol(f"{names[d.input]}.shape[{d.dim}]") for d, s in self.symbols.items()
-                if isinstance(s, torch.SymInt) and d.input < len(names)}
-        return f"{guard.lhs.xreplace(subs)} == {guard.rhs.xreplace(subs)}"
-
-    def _describe(self, n: fx.Node) -> str:
-        if n.op == "call_module":
-            return f"{n.name} ({type(self.module.get_submodule(str(n.target))).__name__})"
-        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        return f"{n.name} ({target})"
-
-
-def _fixes_sizes(guard: Any) -> bool:
-    """Whether a shape guard pins sizes to numbers (``Eq(4*s1*s2, 256)``, a flatten into a Linear) rather than
-    relating sizes to each other (``Eq(s0, s1)``) or bounding them (``s0 < 16``)."""
-    import sympy
-
-    if not isinstance(guard, sympy.Eq):
-        return False
-    constant, _ = sympy.expand(guard.lhs - guard.rhs).as_coeff_Add()
-    return bool(constant != 0)
+def _describe(gm: fx.GraphModule, n: fx.Node) -> str:
+    if n.op == "call_module":
+        return f"{n.name} ({type(gm.get_submodule(str(n.target))).__name__})"
+    target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+    return f"{n.name} ({target})"
 
 
 def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
@@ -435,8 +421,9 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
                 if isinstance(exc, StateError):
                     break  # the example's sizes would not change the state's
                 continue
+            dims = _dims(gm, inputs, specialized=sized)
             gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx", failures[0] if failures else None,
-                                                                 specialized=sized, **_dims(gm, inputs))
+                                                                 specialized=sized, **dims)
             return gm
         if frontend == "fx":
             raise TraceError(f"symbolic tracing of {type(model).__name__} failed ({'; '.join(failures)}); "
@@ -465,10 +452,10 @@ def _symbolic_dims(gm: fx.GraphModule) -> set[tuple[int, int]]:
 
 
 def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
-          exported: set[tuple[int, int]] | None = None) -> dict[str, tuple[Any, ...]]:
+          exported: set[tuple[int, int]] | None = None, specialized: bool = False) -> dict[str, tuple[Any, ...]]:
     """TraceInfo's ``dynamic`` and ``static`` fields: which batch, sequence and image dims the graph can vary.
 
-    For an fx graph every batch, sequence and image dim is checked by a symbolic run (``static_dims``). Export
+    For an fx graph every batch, sequence and image dim is checked by a fake run (``static_dims``). Export
     already says which of the batch and sequence dims it kept symbolic (``exported``); only the others are run,
     to name the node that fixed them, and image dims, never requested from export, are not listed.
     """
@@ -477,7 +464,11 @@ def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
         return {}  # the placeholders do not take the flattened inputs: InputDim indices would not match
     wanted = dynamic_dims(inputs) + (spatial_dims(inputs) if exported is None else ())
     checked = [d for d in wanted if exported is None or (d.input, d.dim) not in exported]
-    static = static_dims(gm, flat, checked)
+    if specialized:  # sizes are numbers throughout: a run at other sizes proves nothing
+        static = tuple(StaticDim(d, "", "forward() needs sizes as numbers, so the graph was traced with the "
+                                        "example's (TraceInfo.specialized)") for d in checked)
+    else:
+        static = static_dims(gm, flat, checked)
     fixed = {s.dim for s in static}
     return {"dynamic": tuple(d for d in wanted if d not in fixed), "static": static}
 
