@@ -61,7 +61,7 @@ def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
     """
     dims: list[InputDim] = []
     for i, x in enumerate(flat_tensors(inputs)):
-        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+        if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.numel() == 0:  # an empty example cannot be tiled
             continue
         dims.append(InputDim(i, 0, "batch"))
         if x.ndim >= 2 and not x.is_floating_point() and not x.is_complex():
@@ -72,7 +72,8 @@ def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
 def spatial_dims(inputs: Any) -> tuple[InputDim, ...]:
     """The height and width of every 4-d floating input (images): dims checked, never made dynamic at export."""
     return tuple(InputDim(i, d, "spatial") for i, x in enumerate(flat_tensors(inputs))
-                 if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() for d in (2, 3))
+                 if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() and x.numel()
+                 for d in (2, 3))
 
 
 def resized(inputs: Any, sizes: dict[InputDim, int]) -> Any:

@@ -201,7 +201,9 @@ class PassManager:
                 diff = check_outputs(before, outputs) if p.lossless else compare(before, outputs)
             except Exception as exc:  # a failed run at other sizes means the pass fixed a dynamic size
                 self._reproduce(p, code_before, previous, exc)
-                what = "lossless pass changed the outputs" if isinstance(exc, AssertionError) else "the graph fails"
+                changed = isinstance(exc, AssertionError)
+                what = ("lossless pass changed the outputs" if changed and p.lossless
+                        else "the pass changed the outputs' shapes" if changed else "the graph fails")
                 raise PassError(f"{what}{shapes}: {type(exc).__name__}: {exc}", name, previous) from exc
             figure = diff.max_abs if k == 0 else figure
             checked.append((inputs, outputs))
