@@ -207,3 +207,10 @@ def test_prune_keeps_a_size_read_of_a_pruned_tensor_in_a_view():
     view = next(n for n in pruned.graph.nodes if n.target is torch.ops.aten.view.default)
     assert isinstance(view.args[1][0], fx.Node)  # still read at run time, not the example's 1
     assert [t.shape for t in run(pruned, (torch.randint(0, 20, (3, 5)),))] == [(3, 5, 3)]
+
+
+def test_optimize_report_lists_the_static_dims_and_checked_mode_runs_other_batches():
+    model, x = Flat().eval(), torch.randn(1, 3, 6, 6)
+    out = fxopt.optimize(model, x, compile=False, checked=True)
+    assert "dims kept static: input 0 dim 2 (spatial) because fc (Linear)" in fxopt.report(out).to_text()
+    assert_equivalent(model, out, (x,), sizes=[{"batch": 4}])
