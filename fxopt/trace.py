@@ -291,14 +291,13 @@ def static_dims(gm: fx.GraphModule, example_inputs: Sequence[Any], dims: Sequenc
     for d in dims:
         failure = _fake_run(gm, example_inputs, [d])
         if failure is not None:
-            node, error = failure
-            found.append(StaticDim(d, node.name, f"{_describe(gm, node)} fails at another size: {error}"))
+            found.append(StaticDim(d, *failure))
     return tuple(found)
 
 
 def _fake_run(gm: fx.GraphModule, example_inputs: Sequence[Any],
-              dims: Sequence[InputDim]) -> tuple[fx.Node, str] | None:
-    """Run ``gm`` on fake inputs with ``dims`` at other sizes; the failing node and its error, or None."""
+              dims: Sequence[InputDim]) -> tuple[str, str] | None:
+    """Run ``gm`` on fake inputs with ``dims`` at other sizes; the failing node's name and why, or None."""
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     inputs = resized(list(example_inputs), {d: other_size(example_inputs[d.input].shape[d.dim], d) for d in dims})
     runner = _FakeRun(gm)
@@ -306,9 +305,9 @@ def _fake_run(gm: fx.GraphModule, example_inputs: Sequence[Any],
         with mode, _expected_failures():
             runner.run(*[mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs])
     except Exception as exc:  # any failure at the new sizes means the graph fixes one of them
-        if runner.current is None:
-            raise
-        return runner.current, _first_line(exc)
+        node = runner.current
+        where = _describe(gm, node) if node is not None else "the graph's inputs"
+        return (node.name if node is not None else "", f"{where} fails at another size: {_first_line(exc)}")
     return None
 
 
