@@ -111,7 +111,7 @@ def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphMo
     gm = program.module()
     # fxopt keeps the example's concrete shapes in the placeholders' values, which export's input check would
     # read as constraints: the graph would refuse every other batch size once its guard call is cleaned up.
-    gm.validate_inputs = False
+    gm.validate_inputs = False  # type: ignore[assignment]  # an attribute of export's unlifted module
     _inline_regions(gm)
     _drop_export_guards(gm)
     _drop_dropped_results(gm)
@@ -420,9 +420,9 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
                 if isinstance(exc, StateError):
                     break  # the example's sizes would not change the state's
                 continue
-            dims = _dims(gm, inputs, specialized=sized)
+            dynamic, static = _dims(gm, inputs, specialized=sized)
             gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx", failures[0] if failures else None,
-                                                                 specialized=sized, **dims)
+                                                                 specialized=sized, dynamic=dynamic, static=static)
             return gm
         if frontend == "fx":
             raise TraceError(f"symbolic tracing of {type(model).__name__} failed ({'; '.join(failures)}); "
@@ -438,8 +438,9 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
             + ". Check that the example inputs match forward()'s signature; data-dependent control flow "
             "needs torch.cond or a leaf module."
         ) from exc
+    dynamic, static = _dims(gm, inputs, symbolic)
     gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped,
-                                           **_dims(gm, inputs, symbolic))}
+                                           dynamic=dynamic, static=static)}
     return gm
 
 
@@ -451,7 +452,8 @@ def _symbolic_dims(gm: fx.GraphModule) -> set[tuple[int, int]]:
 
 
 def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
-          exported: set[tuple[int, int]] | None = None, specialized: bool = False) -> dict[str, tuple[Any, ...]]:
+          exported: set[tuple[int, int]] | None = None,
+          specialized: bool = False) -> tuple[tuple[InputDim, ...], tuple[StaticDim, ...]]:
     """TraceInfo's ``dynamic`` and ``static`` fields: which batch, sequence and image dims the graph can vary.
 
     For an fx graph every batch, sequence and image dim is checked by a fake run (``static_dims``). Export
@@ -460,7 +462,7 @@ def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
     """
     flat = _flat_inputs(gm, inputs)
     if len(flat) != len(flat_tensors(inputs)):
-        return {}  # the placeholders do not take the flattened inputs: InputDim indices would not match
+        return (), ()  # the placeholders do not take the flattened inputs: InputDim indices would not match
     wanted = dynamic_dims(inputs) + (spatial_dims(inputs) if exported is None else ())
     checked = [d for d in wanted if exported is None or (d.input, d.dim) not in exported]
     if specialized:  # sizes are numbers throughout: a run at other sizes proves nothing
@@ -469,7 +471,7 @@ def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
     else:
         static = static_dims(gm, flat, checked)
     fixed = {s.dim for s in static}
-    return {"dynamic": tuple(d for d in wanted if d not in fixed), "static": static}
+    return tuple(d for d in wanted if d not in fixed), static
 
 
 def _first_line(exc: BaseException) -> str:
