@@ -3,11 +3,12 @@
 A captured graph should run at any batch size, and a language model at any sequence length: its view, reshape
 and expand arguments must read the input's sizes instead of repeating the example's numbers. This module
 decides which dims are dynamic (``dynamic_dims``): dim 0 of every tensor input (the batch) and dim 1 of integer
-inputs of two or more dims (the sequence of ``input_ids``, ``attention_mask``, position ids). It builds the
-``torch.export`` ``dynamic_shapes`` for them (``export_shapes``, with ``Dim.AUTO`` so a dim the model needs
-static stays static instead of failing the capture), widens example dims of size 1 to 2 for export (a size-1
-dim is specialized to 1: ``widened``), and makes inputs of other sizes for the oracle (``resized``,
-``other_sizes``).
+or boolean inputs of two or more dims (the sequence of ``input_ids``, ``attention_mask``, position ids); image
+dims (``spatial_dims``) are only checked. It builds the ``torch.export`` ``dynamic_shapes`` for them
+(``export_shapes``, with ``Dim.AUTO`` so a dim the model needs static stays static instead of failing the
+capture), widens example dims of size 1 to 2 for export (a size-1 dim is specialized to 1: ``widened``), and
+makes inputs of other sizes for the checks (``resized``, ``other_sizes``, ``size_sets``), among the dims a
+captured graph was found to vary (``captured_dims``).
 """
 
 from __future__ import annotations
