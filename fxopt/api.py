@@ -130,6 +130,7 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
         pipeline=format_pipeline(pipeline), frontend=frontend, before=before, after=model_stats(gm, inputs, tgt),
         results=tuple(run.results), lowered=ctx.lowered is not None,
         lowering_note="; ".join(lowering[-1].notes) if lowering and lowering[-1].notes else None,
+        static_dims=tuple(getattr(info, "static", ())),
         warnings=tuple(_warnings(model, run.results, device_note, gm))
         + tuple(f"state {name} was resized by pruning: it starts from its value when it was sliced, not from the "
                 "original model's" for name in resized_state),

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from fxopt.input_dims import Sizes, captured_dims, size_sets
+
 # (rtol, atol relative to the reference's largest magnitude) per dtype.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-9),
@@ -65,18 +67,43 @@ def compare(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor]) ->
 
 
 def assert_equivalent(reference: torch.nn.Module, other: torch.nn.Module, inputs: Sequence[Any],
-                      rtol: float | None = None, atol: float | None = None) -> Difference:
+                      rtol: float | None = None, atol: float | None = None, sizes: Sizes = None) -> Difference:
     """Assert that two modules compute the same outputs on ``inputs`` within the dtype's tolerance.
 
     The tolerance is ``atol + rtol * |reference|`` elementwise, with ``atol`` scaled by the reference's
     largest magnitude so that large activations are not held to an absolute 1e-5.
 
+    Args:
+        reference: the module to match.
+        other: the module checked.
+        inputs: the example inputs.
+        rtol: relative tolerance (default: the dtype's, ``TOLERANCES``).
+        atol: absolute tolerance as a share of the reference's largest magnitude.
+        sizes: other input sizes to compare at as well (``fxopt.input_dims.Sizes``), the batch and sequence
+            dims ``other`` was captured with; ``"other"`` picks two sets.
+
     Returns:
-        The measured Difference.
+        The largest Difference (relative to its scale) over all the input sets.
 
     Raises:
-        AssertionError: naming the worst error and the tolerance.
+        AssertionError: naming the worst error, the tolerance and, at other sizes, the input shapes.
+
+    Example:
+        >>> assert_equivalent(model, pruned_gm, (ids,), sizes=[{"batch": 4, "sequence": 64}])
     """
+    worst = _assert_close(reference, other, inputs, rtol, atol)
+    for extra in size_sets(inputs, captured_dims(other, inputs), sizes):
+        try:
+            diff = _assert_close(reference, other, extra, rtol, atol)
+        except Exception as exc:
+            shapes = [tuple(x.shape) for x in tensors_of(extra)]
+            raise AssertionError(f"at input shapes {shapes}: {exc}") from exc
+        worst = diff if diff.relative > worst.relative else worst
+    return worst
+
+
+def _assert_close(reference: torch.nn.Module, other: torch.nn.Module, inputs: Sequence[Any],
+                  rtol: float | None, atol: float | None) -> Difference:
     ref = run(reference, inputs)
     out = run(other, inputs)
     diff = compare(ref, out)

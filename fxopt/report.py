@@ -13,6 +13,7 @@ from typing import Any
 from fxopt.errors import FxoptError
 from fxopt.passes.base import PassResult
 from fxopt.timing import Measurement
+from fxopt.trace import StaticDim
 from fxopt.viz.labels import cell_text
 
 
@@ -51,6 +52,8 @@ class Report:
         warnings: anything the user should know (folded parameters no longer train, ...).
         measured: the original and the optimized module timed side by side on this machine (labels
             ``"original"`` and ``"optimized"``), or None where they were not timed.
+        static_dims: batch, sequence and image dims the graph runs at the example's size only, each with the
+            node that fixes it.
     """
 
     model: str
@@ -65,6 +68,7 @@ class Report:
     lowering_note: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
     measured: Measurement | None = None
+    static_dims: tuple[StaticDim, ...] = ()
 
     def with_measurement(self, measured: Measurement) -> Report:
         """This report with ``measured`` (labels ``"original"`` and ``"optimized"``) attached."""
@@ -110,6 +114,7 @@ def render_text(report: Report) -> str:
         f"fxopt report: {report.model} for {report.target_description}",
         f"  pipeline: {report.pipeline}",
         f"  captured with: {report.frontend}",
+        *([f"  dims kept static: {'; '.join(str(s) for s in report.static_dims)}"] if report.static_dims else []),
         f"  lowered: {'yes' if report.lowered else 'no'}"
         + (f" ({report.lowering_note})" if report.lowering_note else ""),
         "",

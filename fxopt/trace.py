@@ -7,6 +7,10 @@ runs non-strict ``torch.export`` and unlifts the result to a GraphModule of ATen
 ``get_attr`` nodes; it follows data-dependent Python (transformers, most timm models) that symbolic tracing cannot.
 ``auto`` tries ``fx`` and falls back to ``export``, recording which one it used and why in ``gm.meta["fxopt"]``.
 
+Batch and sequence dims stay symbolic (``fxopt.input_dims``): export runs with ``Dim.AUTO`` on them, and fx
+reads sizes at run time anyway. ``static_dims`` finds the dims the graph cannot vary and the node that fixes each;
+``TraceInfo.dynamic`` and ``TraceInfo.static`` record both.
+
 Shapes are filled by running the graph under a ``FakeTensorMode``: no real compute happens, so a model whose
 parameters live on the meta device (a 7B-shaped config) traces in seconds.
 """
@@ -27,6 +31,16 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fxopt.errors import TraceError
+from fxopt.input_dims import (
+    InputDim,
+    dynamic_dims,
+    export_shapes,
+    flat_tensors,
+    other_size,
+    resized,
+    spatial_dims,
+    widened,
+)
 from fxopt.module_state import StateError, check_state_shapes, restore, tensor_attributes, thread_state
 from fxopt.tracers import LeafTracer, ShapeTracer, known_output
 
@@ -48,6 +62,21 @@ class TraceInfo:
     dropped_state: tuple[str, ...] = ()
     specialized: bool = False
     cache_disabled: bool = False
+    dynamic: tuple[InputDim, ...] = ()
+    static: tuple[StaticDim, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticDim:
+    """An input dim the captured graph cannot vary, the first node that fixes it (``""`` when the graph takes it
+    at a fixed size) and why, naming that node."""
+
+    dim: InputDim
+    node: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.dim} because {self.reason}"
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -71,8 +100,18 @@ def _trace_fx(model: torch.nn.Module, tracer: LeafTracer) -> fx.GraphModule:
 
 
 def _trace_export(model: torch.nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
-    program = torch.export.export(model, inputs, strict=False)
+    """Export with symbolic batch and sequence dims (``fxopt.input_dims``); statically when that fails."""
+    dims = dynamic_dims(inputs)
+    try:
+        program = torch.export.export(model, widened(inputs, dims), dynamic_shapes=export_shapes(inputs, dims),
+                                      strict=False)
+    except Exception:  # a model export cannot trace symbolically may still export at the example's sizes
+        log.debug("export with dynamic dims failed; exporting at the example's sizes", exc_info=True)
+        program = torch.export.export(model, inputs, strict=False)
     gm = program.module()
+    # fxopt keeps the example's concrete shapes in the placeholders' values, which export's input check would
+    # read as constraints: the graph would refuse every other batch size once its guard call is cleaned up.
+    gm.validate_inputs = False  # type: ignore[assignment]  # an attribute of export's unlifted module
     _inline_regions(gm)
     _drop_export_guards(gm)
     _drop_dropped_results(gm)
@@ -231,6 +270,84 @@ class _TrackingProp(FakeTensorProp):
         return known if known is not None else super().call_module(target, args, kwargs)
 
 
+def static_dims(gm: fx.GraphModule, example_inputs: Sequence[Any], dims: Sequence[InputDim]) -> tuple[StaticDim, ...]:
+    """The dims among ``dims`` that ``gm`` cannot vary, each with the first node that fails when it varies.
+
+    Runs the graph on fake tensors (no compute) with every dim of ``dims`` changed at once (``other_size``); when
+    that runs, all of them may vary. Otherwise each dim is tried alone, and the node where a run fails (a
+    flatten into a Linear for the image size, a position table of fixed length for the sequence) is the reason.
+
+    Args:
+        gm: the captured graph module; its ``node.meta`` is left alone.
+        example_inputs: its inputs, as its placeholders take them (pytree-flattened for exported graphs).
+        dims: the dims to check; ``InputDim.input`` indexes ``example_inputs``.
+
+    Returns:
+        The static dims in the order of ``dims``.
+    """
+    if not dims or _fake_run(gm, example_inputs, dims) is None:
+        return ()
+    found = []
+    for d in dims:
+        failure = _fake_run(gm, example_inputs, [d])
+        if failure is not None:
+            found.append(StaticDim(d, *failure))
+    return tuple(found)
+
+
+def _fake_run(gm: fx.GraphModule, example_inputs: Sequence[Any],
+              dims: Sequence[InputDim]) -> tuple[str, str] | None:
+    """Run ``gm`` on fake inputs with ``dims`` at other sizes; the failing node's name and why, or None."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = resized(list(example_inputs), {d: other_size(example_inputs[d.input].shape[d.dim], d) for d in dims})
+    runner = _FakeRun(gm)
+    try:
+        with mode, _expected_failures():
+            runner.run(*[mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs])
+    except Exception as exc:  # any failure at the new sizes means the graph fixes one of them
+        node = runner.current
+        where = _describe(gm, node) if node is not None else "the graph's inputs"
+        return (node.name if node is not None else "", f"{where} fails at another size: {_first_line(exc)}")
+    return None
+
+
+@contextlib.contextmanager
+def _expected_failures() -> Iterator[None]:
+    """Keep fake tensors from logging, at error level, the failure that ``_fake_run`` is looking for (it is
+    caught and reported as a static dim); the filter is removed on the way out."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    drop = logging.Filter("no record passes a filter named so")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+class _FakeRun(fx.Interpreter):
+    """Runs a graph on fake tensors without touching ``node.meta``, remembering the node it is running; layers
+    whose output shape follows from their input's are not run (``known_output``)."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        """Run ``n``, recording it first."""
+        self.current = n
+        return super().run_node(n)
+
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The output from the input's shape where that is known; else run the module."""
+        known = known_output(self.fetch_attr(str(target)), args, kwargs)
+        return known if known is not None else super().call_module(target, args, kwargs)
+
+
+def _describe(gm: fx.GraphModule, n: fx.Node) -> str:
+    if n.op == "call_module":
+        return f"{n.name} ({type(gm.get_submodule(str(n.target))).__name__})"
+    target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+    return f"{n.name} ({target})"
+
+
 def _flat_inputs(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> list[Any]:
     """Example inputs as the graph's placeholders see them (export graphs take the pytree-flattened inputs)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -303,14 +420,16 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
                 if isinstance(exc, StateError):
                     break  # the example's sizes would not change the state's
                 continue
+            dynamic, static = _dims(gm, inputs, specialized=sized)
             gm.meta.setdefault("fxopt", {})["trace"] = TraceInfo("fx", failures[0] if failures else None,
-                                                                 specialized=sized)
+                                                                 specialized=sized, dynamic=dynamic, static=static)
             return gm
         if frontend == "fx":
             raise TraceError(f"symbolic tracing of {type(model).__name__} failed ({'; '.join(failures)}); "
                              "try frontend='export' or 'auto'")
     try:
         gm = _trace_export(model, inputs)
+        symbolic = _symbolic_dims(gm)
         propagate_shapes(gm, _flat_inputs(gm, inputs))
     except Exception as exc:
         failures.append(f"export: {type(exc).__name__}: {_first_line(exc)}")
@@ -319,8 +438,40 @@ def _capture(model: torch.nn.Module, inputs: tuple[Any, ...], frontend: Frontend
             + ". Check that the example inputs match forward()'s signature; data-dependent control flow "
             "needs torch.cond or a leaf module."
         ) from exc
-    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped)}
+    dynamic, static = _dims(gm, inputs, symbolic)
+    gm.meta["fxopt"] = {"trace": TraceInfo("export", failures[0] if failures else None, dropped,
+                                           dynamic=dynamic, static=static)}
     return gm
+
+
+def _symbolic_dims(gm: fx.GraphModule) -> set[tuple[int, int]]:
+    """``(placeholder index, dim)`` of every placeholder dim that export left symbolic."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return {(i, d) for i, n in enumerate(placeholders) if isinstance(v := n.meta.get("val"), torch.Tensor)
+            for d, s in enumerate(v.shape) if isinstance(s, torch.SymInt) and not s.node.expr.is_number}
+
+
+def _dims(gm: fx.GraphModule, inputs: tuple[Any, ...],
+          exported: set[tuple[int, int]] | None = None,
+          specialized: bool = False) -> tuple[tuple[InputDim, ...], tuple[StaticDim, ...]]:
+    """TraceInfo's ``dynamic`` and ``static`` fields: which batch, sequence and image dims the graph can vary.
+
+    For an fx graph every batch, sequence and image dim is checked by a fake run (``static_dims``). Export
+    already says which of the batch and sequence dims it kept symbolic (``exported``); only the others are run,
+    to name the node that fixed them, and image dims, never requested from export, are not listed.
+    """
+    flat = _flat_inputs(gm, inputs)
+    if len(flat) != len(flat_tensors(inputs)):
+        return (), ()  # the placeholders do not take the flattened inputs: InputDim indices would not match
+    wanted = dynamic_dims(inputs) + (spatial_dims(inputs) if exported is None else ())
+    checked = [d for d in wanted if exported is None or (d.input, d.dim) not in exported]
+    if specialized:  # sizes are numbers throughout: a run at other sizes proves nothing
+        static = tuple(StaticDim(d, "", "forward() needs sizes as numbers, so the graph was traced with the "
+                                        "example's (TraceInfo.specialized)") for d in checked)
+    else:
+        static = static_dims(gm, flat, checked)
+    fixed = {s.dim for s in static}
+    return tuple(d for d in wanted if d not in fixed), static
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxopt
+from fxopt.input_dims import InputDim
 from fxopt.trace import TraceInfo
 
 
@@ -38,7 +39,7 @@ class Branchy(nn.Module):
 
 def test_trace_auto_uses_fx_when_symbolic_tracing_works():
     gm = fxopt.trace(Mlp(), torch.randn(3, 4))
-    assert gm.meta["fxopt"]["trace"] == TraceInfo("fx", None)
+    assert gm.meta["fxopt"]["trace"] == TraceInfo("fx", None, dynamic=(InputDim(0, 0, "batch"),))
     assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "call_function", "call_module", "output"]
     assert [tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op != "output"] == [(3, 4), (3, 8), (3, 8), (3, 2)]
 
@@ -53,7 +54,7 @@ def test_trace_auto_falls_back_to_export_and_says_why():
 
 def test_trace_export_frontend_gives_aten_ops_with_shapes():
     gm = fxopt.trace(Mlp(), torch.randn(3, 4), frontend="export")
-    assert gm.meta["fxopt"]["trace"] == TraceInfo("export", None)
+    assert gm.meta["fxopt"]["trace"] == TraceInfo("export", None, dynamic=(InputDim(0, 0, "batch"),))
     calls = [n.target for n in gm.graph.nodes if n.op == "call_function"]
     assert calls == [torch.ops.aten.linear.default, torch.ops.aten.relu.default, torch.ops.aten.linear.default]
     assert all("val" in n.meta for n in gm.graph.nodes if n.op == "call_function")

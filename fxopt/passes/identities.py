@@ -3,7 +3,9 @@
 Two kinds of rules. Op rules are registered on the real op objects (``nn.Identity``, ``F.dropout``,
 ``Tensor.contiguous``, ``aten.clone`` ...) by ``identity_rule``, because within one OpView kind
 (``unary_zero``) ReLU and Identity differ. Shape rules are written against OpView kinds: a reshape, permute,
-expand or slice whose output has the input's shape, dtype and strides is a no-op.
+expand or slice whose output has the input's shape, dtype and strides is a no-op, unless a reshape or expand
+takes run-time sizes other than the input's own (``expand(mask, [batch, ...])`` is a no-op only at the example's
+batch size: kept, so the graph still runs at other sizes).
 
 A rule returns ``None`` when the node is an identity, a reason string when an op that usually is one is not
 (dropout in training mode, a copy that protects an in-place write), and ``""`` when the node simply computes
@@ -22,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fxopt.ops.forms import aten_ops, methods
+from fxopt.ops.reshape import size_args
 from fxopt.passes.match import call_kwargs, op_of, view_of
 
 IdentityRule = Callable[[fx.Node, fx.GraphModule], "str | None"]
@@ -150,5 +153,29 @@ def identity_input(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node | None, s
         return None, None
     if view.kind == "permute" and list(view.attrs.get("perm", [])) != list(range(view.inputs[0].ndim)):
         return None, None
+    if view.kind in ("reshape", "expand") and not _sized_by(node, src):
+        return None, None
     reason = same_value(node, src)
     return (src, None) if reason is None else (None, None)
+
+
+def _sized_by(node: fx.Node, src: fx.Node) -> bool:
+    """Whether every run-time entry of a reshape's or expand's size list reads ``src``'s own size at that dim,
+    so that the output has the input's shape at any input size."""
+    sizes, _ = size_args(node)
+    return all(not isinstance(s, fx.Node) or _size_read(s) == (src, d) for d, s in enumerate(sizes))
+
+
+def _size_read(node: fx.Node) -> tuple[Any, Any]:
+    """``(tensor, dim)`` when ``node`` reads one size of a tensor (``x.size(d)``, ``x.shape[d]``, export's
+    ``sym_size``), else ``(None, None)``."""
+    if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+        return node.args[0], node.args[1]
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2:
+        return node.args[0], node.args[1]
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        whole = node.args[0]
+        if (whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1) or (
+                whole.op == "call_function" and whole.target is getattr and whole.args[1:] == ("shape",)):
+            return whole.args[0], node.args[1]
+    return None, None

@@ -2,8 +2,10 @@
 
 After every pass the manager lints the graph (fx's lint and fxopt's) and, when the pass changed it, recompiles it
 and re-propagates shapes with the example inputs. In checked mode it also runs the module before and after each
-lossless pass and compares the outputs. A failure raises ``PassError`` naming the pass, the passes before it and,
-when known, the node; with ``reproducer_dir`` the graph before the failing pass is written there.
+lossless pass and compares the outputs, at the example's sizes and, when the graph was captured with dynamic batch
+or sequence dims, at two other sizes (a pass that bakes the example's sizes into the graph fails there). A
+failure raises ``PassError`` naming the pass, the passes before it and, when known, the node; with
+``reproducer_dir`` the graph before the failing pass is written there.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxopt.equivalence import compare
+from fxopt.equivalence import compare, tensors_of
 from fxopt.errors import PassError
+from fxopt.input_dims import captured_dims, other_sizes
 from fxopt.passes.base import PASSES, Pass, PassContext, PassRegistry, PassResult
 from fxopt.passes.spec import format_pipeline, parse_pipeline
 from fxopt.passes.verify import check_outputs, fxopt_lint, outputs_of, repropagate, shape_inputs
@@ -43,6 +46,10 @@ class PipelineRun:
     def module(self) -> torch.nn.Module:
         """The module to use: the lowered one when a lowering pass succeeded, else the graph module."""
         return self.ctx.module(self.gm)
+
+
+Checked = list[tuple[Sequence[Any], list[torch.Tensor]]]
+"""Checked mode's input sets, each with the outputs of the graph as the last pass left it."""
 
 
 def _as_tuple(inputs: Any) -> tuple[Any, ...]:
@@ -106,7 +113,10 @@ class PassManager:
         if self.checked and not _real(ctx.example_inputs):
             raise PassError("checked mode needs real example inputs: pass example_inputs to run()")
         inputs = shape_inputs(gm, ctx.example_inputs)
-        reference = outputs_of(ctx.module(gm), ctx.example_inputs) if self.checked else None
+        reference = None
+        if self.checked:
+            sets = [ctx.example_inputs, *other_sizes(ctx.example_inputs, captured_dims(gm, ctx.example_inputs))]
+            reference = [(s, outputs_of(ctx.module(gm), s)) for s in sets]
         results: list[PassResult] = []
         for p in self.passes:
             result, reference = self._run_one(p, gm, ctx, inputs, reference)
@@ -114,7 +124,7 @@ class PassManager:
         return PipelineRun(gm, results, ctx)
 
     def _run_one(self, p: Pass, gm: fx.GraphModule, ctx: PassContext, inputs: list[Any],
-                 reference: list[torch.Tensor] | None) -> tuple[PassResult, list[torch.Tensor] | None]:
+                 reference: Checked | None) -> tuple[PassResult, Checked | None]:
         name = str(p)
         previous = tuple(ctx.previous)
         for hook in self.before:
@@ -178,17 +188,26 @@ class PassManager:
             self._reproduce(p, code_before, previous, exc)
             raise PassError(str(exc), name, previous, exc.node) from exc
 
-    def _check(self, p: Pass, gm: fx.GraphModule, ctx: PassContext, reference: list[torch.Tensor], name: str,
-               previous: tuple[str, ...], code_before: str) -> tuple[list[torch.Tensor], float]:
-        outputs = outputs_of(ctx.module(gm), ctx.example_inputs)
-        if not p.lossless:
-            return outputs, compare(reference, outputs).max_abs
-        try:
-            diff = check_outputs(reference, outputs)
-        except AssertionError as exc:
-            self._reproduce(p, code_before, previous, exc)
-            raise PassError(f"lossless pass changed the outputs: {exc}", name, previous) from exc
-        return outputs, diff.max_abs
+    def _check(self, p: Pass, gm: fx.GraphModule, ctx: PassContext, reference: Checked, name: str,
+               previous: tuple[str, ...], code_before: str) -> tuple[Checked, float]:
+        """Run the module at each input set; a lossless pass must keep the outputs, any pass must keep it running
+        at the other sizes. Returns the new outputs and the largest error at the example's sizes."""
+        checked: Checked = []
+        figure = 0.0
+        for k, (inputs, before) in enumerate(reference):
+            shapes = "" if k == 0 else f" at input shapes {[tuple(x.shape) for x in tensors_of(inputs)]}"
+            try:
+                outputs = outputs_of(ctx.module(gm), inputs)
+                diff = check_outputs(before, outputs) if p.lossless else compare(before, outputs)
+            except Exception as exc:  # a failed run at other sizes means the pass fixed a dynamic size
+                self._reproduce(p, code_before, previous, exc)
+                changed = isinstance(exc, AssertionError)
+                what = ("lossless pass changed the outputs" if changed and p.lossless
+                        else "the pass changed the outputs' shapes" if changed else "the graph fails")
+                raise PassError(f"{what}{shapes}: {type(exc).__name__}: {exc}", name, previous) from exc
+            figure = diff.max_abs if k == 0 else figure
+            checked.append((inputs, outputs))
+        return checked, figure
 
     def _reproduce(self, p: Pass, code_before: str, previous: tuple[str, ...], exc: BaseException) -> None:
         if self.reproducer_dir is None:

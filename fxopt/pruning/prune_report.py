@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from fxopt.pruning.config import PruneConfig
 from fxopt.pruning.planner import GroupDecision
 from fxopt.pruning.reconstruction import ReaderFix
+from fxopt.trace import StaticDim
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class PruneReport:
         seconds: wall time of the run.
         path: ``"graph"`` (a GraphModule was returned), ``"in place"`` (the user's model was pruned in place) or
             ``"graph (reason)"`` (in place was asked for and could not express the plan).
+        static_dims: batch, sequence and image dims the captured graph runs at the example's size only, each
+            with the node that fixes it (``fxopt.trace.static_dims``).
     """
 
     config: PruneConfig
@@ -49,6 +52,7 @@ class PruneReport:
     notes: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     path: str = "graph"
+    static_dims: tuple[StaticDim, ...] = ()
 
     @property
     def pruned(self) -> list[GroupDecision]:
@@ -83,6 +87,8 @@ class PruneReport:
             "  groups: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())),
             f"  path: {self.path}",
         ]
+        if self.static_dims:
+            lines.append(f"  dims kept static: {'; '.join(str(s) for s in self.static_dims)}")
         if self.budget_achieved is not None:
             lines.append(f"  budget: plan keeps {self.budget_achieved:.3f} of {self.config.metric}")
         for entry, ids in self.ignored.items():

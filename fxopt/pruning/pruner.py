@@ -244,6 +244,7 @@ def prune_graph(editor: GraphEditor, analysis: Analysis, config: PruneConfig, *,
         macs_before=dense.macs, macs_after=after.macs, latency_ratio=after.latency / max(dense.latency, 1e-30),
         budget_achieved=achieved, reconstruction=tuple(fixes), notes=dict(ctx.notes),
         seconds=time.perf_counter() - start,
+        static_dims=tuple(getattr(analysis.gm.meta.get("fxopt", {}).get("trace"), "static", ())),
     )
     log.info("%s", report.to_text())
     return report, (removed.record(applied) if removed is not None else None)

@@ -16,7 +16,8 @@ import torch
 
 from fxopt.analysis.analysis import Analysis, analyze
 from fxopt.analysis.groups import Group
-from fxopt.equivalence import TOLERANCES, compare, run
+from fxopt.equivalence import TOLERANCES, Difference, compare, run
+from fxopt.input_dims import Sizes, captured_dims, size_sets
 from fxopt.ops.view import PARAM_PREFIX, Axis
 from fxopt.pruning.removal import KeptIndices, copy_sharing_tensors, prune_groups, removal_masks
 
@@ -76,17 +77,18 @@ def _tensor(gm: torch.nn.Module, qualname: str) -> torch.Tensor:
 
 
 def check_group(analysis: Analysis, group: Group, inputs: Sequence[Any], fraction: float = 0.5,
-                tol: float | None = None) -> GroupCheck:
+                tol: float | None = None, others: Sequence[Sequence[Any]] = ()) -> GroupCheck:
     """Zero vs remove one group's units; see ``check_zero_invariance``."""
-    return check_jointly(analysis, [group], inputs, fraction, tol)
+    return check_jointly(analysis, [group], inputs, fraction, tol, others)
 
 
 def check_jointly(analysis: Analysis, groups: Sequence[Group], inputs: Sequence[Any], fraction: float = 0.5,
-                  tol: float | None = None) -> GroupCheck:
+                  tol: float | None = None, others: Sequence[Sequence[Any]] = ()) -> GroupCheck:
     """Zero vs remove a share of the units of several groups at once; one GroupCheck for all of them.
 
     The joint check is a fast screen for sweeps over large models (one removal instead of one per group);
-    ``check_zero_invariance`` checks group by group.
+    ``check_zero_invariance`` checks group by group. ``others`` are input sets of other sizes that both
+    modules run as well; the worst error over all the sets counts.
     """
     plan = {g: pick_units(g, fraction) for g in groups}
     name = groups[0].id if len(groups) == 1 else f"{len(groups)} groups"
@@ -96,11 +98,17 @@ def check_jointly(analysis: Analysis, groups: Sequence[Group], inputs: Sequence[
         zeroed = zero_producers(analysis, plan)
         pruned = prune_groups(analysis, plan, verify=False)  # the real run below checks the shapes
         diff = compare(run(zeroed, inputs), run(pruned, inputs))
+        for extra in others:
+            diff = _worse(diff, compare(run(zeroed, extra), run(pruned, extra)))
     except Exception as exc:  # report, do not stop the sweep: the caller decides what a failure means
         return GroupCheck(name, exact, removed, float("inf"), float("inf"), False, f"{type(exc).__name__}: {exc}")
     limit = tol if tol is not None else _default_tol(inputs)
     passed = diff.relative <= limit or not exact
     return GroupCheck(name, exact, removed, diff.max_abs, diff.relative, passed)
+
+
+def _worse(a: Difference, b: Difference) -> Difference:
+    return b if b.relative > a.relative else a
 
 
 def _default_tol(inputs: Sequence[Any]) -> float:
@@ -121,7 +129,7 @@ def run_inputs(analysis: Analysis, example_inputs: Any = None) -> list[Any]:
 def check_zero_invariance(model: torch.nn.Module | Analysis, example_inputs: Any = None,
                           analysis: Analysis | None = None, groups: Iterable[Group] | None = None,
                           tol: float | None = None, fraction: float = 0.5,
-                          raise_on_failure: bool = True) -> list[GroupCheck]:
+                          raise_on_failure: bool = True, sizes: Sizes = None) -> list[GroupCheck]:
     """Check group by group that zeroing producers equals physical removal.
 
     Args:
@@ -132,6 +140,9 @@ def check_zero_invariance(model: torch.nn.Module | Analysis, example_inputs: Any
         tol: largest allowed error relative to the output's magnitude (default: the dtype's rtol, 1e-4 for fp32).
         fraction: share of each group's units removed.
         raise_on_failure: raise AssertionError when an exact group fails or any removal errors.
+        sizes: other input sizes to run both modules at as well (``fxopt.input_dims.Sizes``: a list like
+            ``[{"batch": 4, "sequence": 7}]``, or ``"other"`` for two sets), among the dims the graph was
+            captured dynamic in.
 
     Returns:
         One GroupCheck per group; approximate groups carry their measured error and always pass unless the
@@ -142,7 +153,8 @@ def check_zero_invariance(model: torch.nn.Module | Analysis, example_inputs: Any
     elif analysis is None:
         analysis = analyze(model, example_inputs)
     inputs = run_inputs(analysis, example_inputs)
-    results = [check_group(analysis, g, inputs, fraction, tol)
+    others = size_sets(inputs, captured_dims(analysis.gm, inputs), sizes)
+    results = [check_group(analysis, g, inputs, fraction, tol, others)
                for g in (analysis.groups if groups is None else groups)]
     bad = [r for r in results if not r.passed or r.error]
     if bad and raise_on_failure:
