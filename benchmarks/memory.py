@@ -5,10 +5,11 @@ Models: an MLP of three 16384x32768 fp32 linears (6 GiB of weights) and a LLaMA-
 ``--scale`` multiplies every width (and the LLaMA's layer count, at least 2) for a quick run: ``--scale 0.125``
 measures models of about 1/64 of the size.
 
-Each (model, step) runs in a fresh subprocess: it imports fxopt, reads its resident memory (``base``), builds the
-model with seeded weights, runs the step once, and reads the peak resident memory of the process
-(``resource.getrusage``, after resetting the kernel's high-water mark once the model is built so that imports
-and model building do not count). The figure is ``(peak - base) / weight bytes``: 1.00x means the step held no
+Each (model, step) runs in a fresh subprocess: it runs the step once on a tiny model of the same kind (so lazy
+imports and one-time caches, a fixed 100 MB or so, are not counted), reads its resident memory (``base``), builds
+the model with seeded weights, runs the step once, and reads the peak resident memory of the process
+(``resource.getrusage``, after resetting the kernel's high-water mark once the model is built so that model
+building does not count). The figure is ``(peak - base) / weight bytes``: 1.00x means the step held no
 more than the model itself; the bar of issue 13 is 1.5x (one activation pass at the example input is included,
 and is small here). ``optimize`` runs with ``compile=False`` (the graph passes, not Inductor's compilation).
 
@@ -20,6 +21,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -33,6 +35,7 @@ import torch
 GIB = 2 ** 30
 MODELS = ("mlp", "llama")
 STEPS = ("analyze", "prune", "optimize")
+WARM_SCALE = 1 / 64
 
 
 def width(n: int, scale: float) -> int:
@@ -118,11 +121,10 @@ def run_step(step: str, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
 
 def child(name: str, step: str, scale: float) -> dict[str, Any]:
     """Measure one step in this process (a fresh one): the figures as a dict."""
-    import fxopt  # noqa: F401  imported before ``base`` so the libraries' own footprint is not counted
-
-    if name == "llama":
-        import transformers  # noqa: F401
     torch.set_num_threads(1)
+    with torch.no_grad():  # a tiny model first: lazy imports and one-time caches are not the step's memory
+        run_step(step, *build(name, WARM_SCALE))
+    gc.collect()
     base = resident()
     model, inputs = build(name, scale)
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
