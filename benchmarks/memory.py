@@ -3,7 +3,9 @@
 Models: an MLP of three 16384x32768 fp32 linears (6 GiB of weights) and a LLaMA-1B-shaped transformers config
 (hidden 2048, intermediate 8192, 16 layers, 32 heads, 8 KV heads, vocab 32000: 4.1 GiB of fp32 weights).
 ``--scale`` multiplies every width (and the LLaMA's layer count, at least 2) for a quick run: ``--scale 0.125``
-measures models of about 1/64 of the size.
+measures models of about 1/64 of the size. glibc keeps freed blocks under its mmap threshold (which grows up to
+32 MB) in the heap, where they stay resident: a 2 GB temporary leaves the resident set when freed, a 16 MB one may
+not. At full size few tensors are that small; ``--mmap-threshold 1048576`` makes a scaled run behave alike.
 
 Each (model, step) runs in a fresh subprocess: it runs the step once on a tiny model of the same kind (so lazy
 imports and one-time caches, a fixed 100 MB or so, are not counted), reads its resident memory (``base``), builds
@@ -15,7 +17,7 @@ and is small here). ``optimize`` runs with ``compile=False`` (the graph passes, 
 
 Run:
     python benchmarks/memory.py [--scale 0.125] [--models mlp llama] [--steps analyze prune optimize]
-        [--json docs/memory.json]
+        [--mmap-threshold 1048576] [--json docs/memory.json]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -141,11 +144,15 @@ def child(name: str, step: str, scale: float) -> dict[str, Any]:
             "ratio": (top - base) / weights, "extra": (top - built) / weights}
 
 
-def measure(name: str, step: str, scale: float, timeout: float) -> dict[str, Any]:
-    """Run ``child`` in a fresh interpreter and return its figures (or the failure)."""
+def measure(name: str, step: str, scale: float, timeout: float, mmap_threshold: int = 0) -> dict[str, Any]:
+    """Run ``child`` in a fresh interpreter and return its figures (or the failure).
+
+    ``mmap_threshold`` (bytes, 0: glibc's default) sets ``MALLOC_MMAP_THRESHOLD_`` for the child.
+    """
     cmd = [sys.executable, "-P", __file__, "--child", name, step, "--scale", str(scale)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(mmap_threshold)) if mmap_threshold else None
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         return {"model": name, "step": step, "scale": scale, "error": f"timed out after {timeout:.0f}s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -175,6 +182,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per step")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="MALLOC_MMAP_THRESHOLD_ for the steps (bytes; 0: glibc's default); 1048576 makes a scaled "
+                             "run read like a full one")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "STEP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +194,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         for step in args.steps:
-            rows.append(measure(name, step, args.scale, args.timeout))
+            rows.append(measure(name, step, args.scale, args.timeout, args.mmap_threshold))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.json is not None:
