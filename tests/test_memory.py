@@ -11,7 +11,7 @@ import fxopt
 from fxopt.module_state import copy_sharing_parameters
 from fxopt.pruning.pruner import unshare_buffers
 from fxopt.pruning.removal import _slice_tensor
-from fxopt.pruning.units import dim_sums, transformed_sums
+from fxopt.pruning.units import dim_sums, power_sums, transformed_sums
 
 
 def storages(tensors: object) -> set[int]:
@@ -96,6 +96,16 @@ def test_transformed_sums_in_slabs_match_the_whole_tensor() -> None:
     slabs = transformed_sums(t, torch.square, (0, 1, 3), slab_bytes=5 * 6 * 9 * 8)
     for d in (0, 1, 3):
         np.testing.assert_allclose(slabs[d], dim_sums(t * t, d), rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_power_sums_match_summing_the_powered_tensor(p: float) -> None:
+    t = torch.randn(9, 4, 3, dtype=torch.float64)
+    sums = transformed_sums(t, p, (0, 1, 2))
+    assert sums.keys() == {0, 1, 2}
+    for d in (0, 1, 2):
+        np.testing.assert_allclose(sums[d], dim_sums(t.abs() ** p, d), rtol=1e-10)
+    np.testing.assert_allclose(power_sums(t[:, 0, 0], p, (0,))[0], (t[:, 0, 0].abs() ** p).numpy(), rtol=1e-12)
 
 
 def test_slice_tensor_in_one_step_matches_slicing_dim_by_dim() -> None:

@@ -61,19 +61,43 @@ def dim_sums(tensor: torch.Tensor, dim: int) -> np.ndarray:
 SLAB_BYTES = 64 * 2 ** 20
 """Largest temporary ``transformed_sums`` makes: a slab of a tensor's leading rows, transformed."""
 
+Transform = Callable[[torch.Tensor], torch.Tensor] | float
+"""An elementwise function of a tensor, or an exponent ``p`` standing for ``|t| ** p``."""
 
-def transformed_sums(tensor: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor], dims: Iterable[int],
+
+def power_sums(tensor: torch.Tensor, p: float, dims: Iterable[int]) -> dict[int, np.ndarray]:
+    """For each dim in ``dims``, the sum of ``|tensor| ** p`` over every other dim, as a norm reduction.
+
+    ``torch.linalg.vector_norm`` reduces without making any temporary of the tensor's size, and so leaves no
+    freed scratch memory behind in the allocator's heap either.
+
+    Example:
+        >>> power_sums(torch.ones(4, 3), 1, (0, 1))
+        {0: array([3., 3., 3., 3.]), 1: array([4., 4., 4.])}
+    """
+    t = tensor.detach()
+    out = {}
+    for d in sorted(set(dims)):
+        others = [i for i in range(t.ndim) if i != d]
+        norms = torch.linalg.vector_norm(t, ord=p, dim=others) if others else t.abs()
+        out[d] = (norms.double() ** p).cpu().numpy()
+    return out
+
+
+def transformed_sums(tensor: torch.Tensor, transform: Transform, dims: Iterable[int],
                      slab_bytes: int = SLAB_BYTES) -> dict[int, np.ndarray]:
     """For each dim in ``dims``, ``dim_sums(transform(tensor), dim)``, without materializing ``transform(tensor)``.
 
-    The tensor is transformed and reduced slab by slab along dim 0 (about ``slab_bytes`` each), so scoring a
-    2 GB weight needs 64 MB of scratch memory, not another 2 GB. ``transform`` must be elementwise (``abs``,
-    squaring, a power).
+    An exponent ``p`` is summed by ``power_sums``. A function is applied and reduced slab by slab along dim 0
+    (about ``slab_bytes`` each), so scoring a 2 GB weight needs 64 MB of scratch memory, not another 2 GB; it
+    must be elementwise (``abs``, squaring, a power).
 
     Example:
         >>> transformed_sums(torch.ones(4, 3), torch.square, (0, 1))
         {0: array([3., 3., 3., 3.]), 1: array([4., 4., 4.])}
     """
+    if not callable(transform):
+        return power_sums(tensor, transform, dims)
     t = tensor.detach()
     wanted = sorted(set(dims))
     row_bytes = max(t[0].numel() * t.element_size(), 1) if t.ndim and t.shape[0] else 1
@@ -90,15 +114,15 @@ def transformed_sums(tensor: torch.Tensor, transform: Callable[[torch.Tensor], t
     return {d: v.numpy() for d, v in sums.items()}
 
 
-def member_sums(analysis: Analysis, group: Group, transform: Callable[[torch.Tensor], torch.Tensor],
+def member_sums(analysis: Analysis, group: Group, transform: Transform,
                 module: torch.nn.Module | None = None, roles: tuple[str, ...] = ("producer", "consumer"),
                 parameters_only: bool = True, cache: dict[tuple[str, int], np.ndarray] | None = None) \
         -> Iterator[tuple[Member, np.ndarray]]:
     """Per member, ``sum over each unit's slices of transform(tensor)``: an array of ``group.size`` values.
 
     Reduces each tensor to its member dim once (cached per ``(qualname, dim)`` in ``cache``), then sums the
-    unit's indices: no copy of the sliced weights is made, and ``transform(tensor)`` is computed slab by slab
-    (``transformed_sums``), so ``transform`` must be elementwise.
+    unit's indices: no copy of the sliced weights is made. ``transform`` is an exponent ``p`` (``|t| ** p``,
+    summed as a norm reduction) or an elementwise function (applied slab by slab): see ``transformed_sums``.
     """
     source = analysis.gm if module is None else module
     for member, idx in unit_slices(analysis, group).items():
