@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ import torch.fx as fx
 
 from fxopt.analysis.cost import CostTable, graph_cost
 from fxopt.errors import FxoptError
-from fxopt.module_state import reset_state
+from fxopt.module_state import copy_sharing_parameters, reset_state
 from fxopt.passes.base import Pass, PassContext, PassResult
 from fxopt.passes.lower import device_mismatch, device_of
 from fxopt.passes.manager import PassManager
@@ -70,7 +69,9 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
     """Optimize ``model`` for ``target`` and return a module computing the same outputs, faster.
 
     Without ``prune``, ``substitute`` and ``precision`` every pass is lossless: outputs match the original
-    within float tolerance (fp32: rtol 1e-4, atol 1e-5). The model itself is not modified.
+    within float tolerance (fp32: rtol 1e-4, atol 1e-5). The model itself is not modified; the result shares
+    the parameters no pass changed with it (no copy of the weights is made), so train a ``copy.deepcopy`` of the
+    result if the original must stay as it is.
 
     Args:
         model: the module to optimize (put it in eval() mode for inference).
@@ -113,7 +114,7 @@ def optimize(model: torch.nn.Module, example_inputs: Any, target: str | Target =
     options = OptimizeOptions(prune=prune, substitute=substitute, precision=precision, compile=compile,
                               recipe=recipe, compile_budget_s=compile_budget_s)
     pipeline = parse_pipeline(passes) if passes is not None else pipeline_for(tgt, options)
-    gm = trace(copy.deepcopy(model), inputs)
+    gm = trace(copy_sharing_parameters(model), inputs)  # one copy of the modules, none of the weights
     before = model_stats(gm, inputs, tgt)
     device_note = device_mismatch(tgt, device_of(model, inputs)) if compile else None
     if device_note:

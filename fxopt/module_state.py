@@ -7,16 +7,23 @@ attribute through the graph as explicit state (``thread_state``): the graph modu
 reads it where ``forward`` read the attribute, and writes the new value into it (``copy_``) at the end of the
 call, so the captured model behaves as the original across calls. A state whose new value changes shape from one
 call to the next cannot be written in place: the attribute is reported instead, and capture falls back.
+
+Copies of a model that passes will edit share its weights instead of duplicating them (``copy_sharing``,
+``copy_sharing_parameters``): passes replace the tensors they change and never write into them, so a copy of the
+modules and buffers is enough to leave the user's model as it was, at the cost of its buffers, not its weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.fx as fx
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 STATE_KEY = "state"
 """Key of ``gm.meta["fxopt"]`` holding the initial value of every threaded state buffer."""
@@ -135,3 +142,27 @@ def reset_state(gm: torch.nn.Module) -> list[str]:
         with torch.no_grad():
             buffer.copy_(value)
     return resized
+
+
+def copy_sharing(model: ModuleT, shared: Iterable[torch.Tensor]) -> ModuleT:
+    """Deep-copy ``model`` (modules, buffers, graph, attributes) but keep the tensors in ``shared`` themselves.
+
+    The copy holds the very tensor objects of ``shared`` (ties among them kept), so it costs no memory for them;
+    it must not write into them: replace a shared tensor instead (``GraphEditor.set_tensor``).
+
+    Example:
+        >>> twin = copy_sharing(model, model.parameters())
+        >>> twin.fc.weight is model.fc.weight
+        True
+    """
+    memo: dict[int, Any] = {id(t): t for t in shared}
+    return copy.deepcopy(model, memo)
+
+
+def copy_sharing_parameters(model: ModuleT) -> ModuleT:
+    """A deep copy of ``model`` whose parameters are ``model``'s own; buffers (mutable state) are copied.
+
+    ``optimize`` edits this copy: its passes replace the parameters they change, and running statistics or
+    threaded state written by the copy's ``forward`` stay out of the user's model.
+    """
+    return copy_sharing(model, model.parameters())

@@ -135,10 +135,8 @@ class Magnitude(Criterion):
 
     def member_scores(self, ctx: ImportanceContext, group: Group) -> list[np.ndarray]:
         roles = ("producer",) if self.producers_only else ("producer", "consumer")
-        p = self.p
-        power = (lambda t: t.abs()) if p == 1 else (lambda t: t * t) if p == 2 else (lambda t: t.abs().pow(p))
-        cache = ctx.scratch.setdefault(f"magnitude{p}", {})
-        return [v for _, v in member_sums(ctx.analysis, group, power, roles=roles, cache=cache)]
+        cache = ctx.scratch.setdefault(f"magnitude{self.p}", {})
+        return [v for _, v in member_sums(ctx.analysis, group, float(self.p), roles=roles, cache=cache)]
 
     def finish(self, raw: np.ndarray) -> np.ndarray:
         return raw ** (1.0 / self.p)

@@ -95,17 +95,17 @@ def remove_robustly(editor: GraphEditor, analysis: Analysis, removals: dict[Grou
     return {}, failed, None
 
 
-def unshare(editor: GraphEditor, original: torch.nn.Module) -> int:
-    """Give ``editor.gm`` its own copy of every tensor it still shares with ``original`` (ties inside it kept).
+def unshare_buffers(editor: GraphEditor, original: torch.nn.Module) -> int:
+    """Give ``editor.gm`` its own copy of every buffer it still shares with ``original`` (ties inside it kept).
 
-    Removal shares unchanged tensors to save memory; a pruned model that users fine-tune must not write into the
-    model they started from. Returns the number of tensors copied.
+    Removal replaces only the tensors it slices and shares the others with the analysed model, weights included,
+    so pruning a 6 GB model does not copy 6 GB. Buffers are state that ``forward`` may write (running statistics
+    in training mode, threaded state): those are copied, so calls of the pruned model never change the model it
+    came from. Returns the number of buffers copied.
     """
-    theirs = {id(t) for t in [*original.parameters(), *original.buffers()]}
-    gm = editor.gm
-    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    theirs = {id(t) for t in original.buffers()}
     copied: set[int] = set()
-    for name, t in named:
+    for name, t in list(editor.gm.named_buffers(remove_duplicate=False)):
         if id(t) in theirs and id(t) not in copied:
             copied.add(id(t))
             editor.set_tensor(name, t.detach().clone(), "own copy")
@@ -149,7 +149,9 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
 
     Returns:
         ``(pruned GraphModule, PruneReport)``; the input model is not modified. With ``inplace=True`` and
-        ``report.path == "in place"``: ``(model, PruneReport)``, the model pruned in place.
+        ``report.path == "in place"``: ``(model, PruneReport)``, the model pruned in place. The parameters
+        removal left whole are the input model's own tensors (no copy is made, so pruning needs little memory
+        beyond the model): train a ``copy.deepcopy`` of the result if the input model must stay as it is.
 
     Raises:
         ValueError: invalid options, a data-aware criterion/reconstruction without calibration data, or
@@ -184,7 +186,7 @@ def prune(model: torch.nn.Module | Analysis, example_inputs: Any = None, config:
         if report.path == "in place":
             return model, report
         meta["prune_report"] = report
-    unshare(editor, analysis.gm)
+    unshare_buffers(editor, analysis.gm)
     return gm, report
 
 

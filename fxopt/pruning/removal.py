@@ -15,7 +15,6 @@ it. The ``prune`` pass edits its own graph module in place through the same func
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from fxopt.analysis.analysis import Analysis
 from fxopt.analysis.groups import Group
 from fxopt.editor import GraphEditor
 from fxopt.errors import AnalysisError, PruneError
+from fxopt.module_state import copy_sharing
 from fxopt.ops.view import PARAM_PREFIX, Axis, OpView, output_refs
 from fxopt.trace import propagate_shapes
 
@@ -147,11 +147,13 @@ class Removed:
 
 
 def _slice_tensor(t: torch.Tensor, kept: list[np.ndarray]) -> torch.Tensor:
-    out = t.detach()
-    for d, k in enumerate(kept):
-        if len(k) != t.shape[d]:
-            out = out.index_select(d, torch.as_tensor(k, device=t.device))
-    return out.contiguous()
+    """``t`` at the ``kept`` indices of each dim, gathered in one step (no intermediate of a partly sliced ``t``)."""
+    changed = [d for d, k in enumerate(kept) if len(k) != t.shape[d]]
+    if len(changed) == 1:
+        return t.detach().index_select(changed[0], torch.as_tensor(kept[changed[0]], device=t.device)).contiguous()
+    index = tuple(torch.as_tensor(k, device=t.device).reshape([-1 if i == d else 1 for i in range(t.ndim)])
+                  for d, k in enumerate(kept))
+    return t.detach()[index].contiguous()
 
 
 def _tensor_names(gm: fx.GraphModule) -> list[str]:
@@ -254,11 +256,8 @@ def copy_sharing_tensors(gm: fx.GraphModule, fresh: frozenset[str] | set[str] = 
 
     Shared tensors must not be mutated through the copy; removal replaces the tensors it changes instead.
     """
-    memo: dict[int, Any] = {}
-    for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
-        if name not in fresh:
-            memo[id(t)] = t
-    return copy.deepcopy(gm, memo)
+    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    return copy_sharing(gm, [t for name, t in named if name not in fresh])
 
 
 def prune_groups(analysis: Analysis, removals: Removals, verify: bool = True) -> fx.GraphModule:

@@ -7,7 +7,7 @@ values themselves, per unit and per member; they are read here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,14 +58,71 @@ def dim_sums(tensor: torch.Tensor, dim: int) -> np.ndarray:
     return t.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1).double().cpu().numpy()
 
 
-def member_sums(analysis: Analysis, group: Group, transform: Callable[[torch.Tensor], torch.Tensor],
+SLAB_BYTES = 64 * 2 ** 20
+"""Largest temporary ``transformed_sums`` makes: a slab of a tensor's leading rows, transformed."""
+
+Transform = Callable[[torch.Tensor], torch.Tensor] | float
+"""An elementwise function of a tensor, or an exponent ``p`` standing for ``|t| ** p``."""
+
+
+def power_sums(tensor: torch.Tensor, p: float, dims: Iterable[int]) -> dict[int, np.ndarray]:
+    """For each dim in ``dims``, the sum of ``|tensor| ** p`` over every other dim, as a norm reduction.
+
+    ``torch.linalg.vector_norm`` reduces without making any temporary of the tensor's size, and so leaves no
+    freed scratch memory behind in the allocator's heap either.
+
+    Example:
+        >>> power_sums(torch.ones(4, 3), 1, (0, 1))
+        {0: array([3., 3., 3., 3.]), 1: array([4., 4., 4.])}
+    """
+    t = tensor.detach()
+    out = {}
+    for d in sorted(set(dims)):
+        others = [i for i in range(t.ndim) if i != d]
+        norms = torch.linalg.vector_norm(t, ord=p, dim=others) if others else t.abs()
+        out[d] = (norms.double() ** p).cpu().numpy()
+    return out
+
+
+def transformed_sums(tensor: torch.Tensor, transform: Transform, dims: Iterable[int],
+                     slab_bytes: int = SLAB_BYTES) -> dict[int, np.ndarray]:
+    """For each dim in ``dims``, ``dim_sums(transform(tensor), dim)``, without materializing ``transform(tensor)``.
+
+    An exponent ``p`` is summed by ``power_sums``. A function is applied and reduced slab by slab along dim 0
+    (about ``slab_bytes`` each), so scoring a 2 GB weight needs 64 MB of scratch memory, not another 2 GB; it
+    must be elementwise (``abs``, squaring, a power).
+
+    Example:
+        >>> transformed_sums(torch.ones(4, 3), torch.square, (0, 1))
+        {0: array([3., 3., 3., 3.]), 1: array([4., 4., 4.])}
+    """
+    if not callable(transform):
+        return power_sums(tensor, transform, dims)
+    t = tensor.detach()
+    wanted = sorted(set(dims))
+    row_bytes = max(t[0].numel() * t.element_size(), 1) if t.ndim and t.shape[0] else 1
+    step = max(1, slab_bytes // row_bytes)
+    sums = {d: torch.zeros(t.shape[d], dtype=torch.float64) for d in wanted}
+    for start in range(0, t.shape[0] if t.ndim else 0, step):
+        part = transform(t[start:start + step])
+        for d in wanted:
+            reduced = part.movedim(d, 0).reshape(part.shape[d], -1).sum(1).double().cpu()
+            if d == 0:
+                sums[d][start:start + part.shape[0]] = reduced
+            else:
+                sums[d] += reduced
+    return {d: v.numpy() for d, v in sums.items()}
+
+
+def member_sums(analysis: Analysis, group: Group, transform: Transform,
                 module: torch.nn.Module | None = None, roles: tuple[str, ...] = ("producer", "consumer"),
                 parameters_only: bool = True, cache: dict[tuple[str, int], np.ndarray] | None = None) \
         -> Iterator[tuple[Member, np.ndarray]]:
     """Per member, ``sum over each unit's slices of transform(tensor)``: an array of ``group.size`` values.
 
     Reduces each tensor to its member dim once (cached per ``(qualname, dim)`` in ``cache``), then sums the
-    unit's indices: no copy of the sliced weights is made.
+    unit's indices: no copy of the sliced weights is made. ``transform`` is an exponent ``p`` (``|t| ** p``,
+    summed as a norm reduction) or an elementwise function (applied slab by slab): see ``transformed_sums``.
     """
     source = analysis.gm if module is None else module
     for member, idx in unit_slices(analysis, group).items():
@@ -77,12 +134,13 @@ def member_sums(analysis: Analysis, group: Group, transform: Callable[[torch.Ten
             t = get_tensor(source, member.qualname)
             if t is None or (parameters_only and not isinstance(t, torch.nn.Parameter)) or t.device.type == "meta":
                 continue
-            powered = transform(t.detach())
-            vec = dim_sums(powered, member.dim)
-            if cache is not None:  # other members may read this tensor along another dim: reduce those now
-                for d in {m.dim for m in group.members} | {0, 1}:
-                    if d < powered.ndim:
-                        cache.setdefault((member.qualname, d), vec if d == member.dim else dim_sums(powered, d))
+            # other members may read this tensor along another dim: with a cache, reduce along those too
+            dims = {member.dim} | ({m.dim for m in group.members} | {0, 1} if cache is not None else set())
+            sums = transformed_sums(t, transform, [d for d in dims if d < t.ndim])
+            vec = sums[member.dim]
+            if cache is not None:
+                for d, v in sums.items():
+                    cache.setdefault((member.qualname, d), v)
         yield member, vec[idx].sum(1)
 
 
