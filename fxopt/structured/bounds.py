@@ -44,20 +44,23 @@ def blast_error_floor(weight: torch.Tensor, blocks: int, stats: InputStats | Non
     """
     m, n = weight.shape
     p, q = m // blocks, n // blocks
+    ranks = blocks * min(p, q) + 1
     with torch.no_grad():
-        work = weight.detach().to(torch.float64)
+        work = weight.detach().to(torch.promote_types(weight.dtype, torch.float32))
         rows = work.reshape(blocks, p, n)
         if stats is None:
             total = work.square().sum()
-            cols = work.reshape(m, blocks, q).transpose(0, 1)
-            spectra = [torch.linalg.svdvals(rows).square(), torch.linalg.svdvals(cols).square()]
+            tails = _tails(torch.linalg.svdvals(rows).square(), ranks)
+            tails = torch.maximum(tails, _tails(torch.linalg.svdvals(work.reshape(m, blocks, q).transpose(0, 1))
+                                                .square(), ranks))
         else:
-            gram = stats.gram.to(device=work.device, dtype=torch.float64)
+            gram = stats.gram.to(device=work.device, dtype=work.dtype)
             total = ((work @ gram) * work).sum()
-            spectra = [torch.linalg.eigvalsh(rows @ gram @ rows.mT).flip(-1).clamp_min(0)]
-        ranks = blocks * min(p, q) + 1
-        tails = torch.stack([_tails(s, ranks) for s in spectra]).amax(0)
-        floor = (tails / total).clamp(0, 1).sqrt().cpu() if total > 0 else torch.zeros(ranks, dtype=torch.float64)
+            tails = _tails(torch.linalg.eigvalsh(rows @ gram @ rows.mT).flip(-1).clamp_min(0), ranks)
+        if total > 0:
+            floor = (tails / float(total)).clamp(0, 1).sqrt().cpu()
+        else:
+            floor = torch.zeros(ranks, dtype=torch.float64)
         if grid_errors is not None:
             grid = grid_errors.to(torch.float64).cpu()
             floor = torch.maximum(floor, grid[torch.arange(ranks).clamp(max=len(grid) - 1)])
@@ -67,7 +70,7 @@ def blast_error_floor(weight: torch.Tensor, blocks: int, stats: InputStats | Non
 def _tails(squared: torch.Tensor, ranks: int) -> torch.Tensor:
     """``sum over blocks of sum_{k >= r} squared[:, k]`` for r = 0..ranks-1, for (blocks, k) squared singular values
     in descending order."""
-    per_rank = squared.sum(0)
+    per_rank = squared.double().sum(0)
     tail = per_rank.flip(0).cumsum(0).flip(0)  # tail[r] = sum_{k >= r}
     out = torch.zeros(ranks, dtype=tail.dtype, device=tail.device)
     out[: min(ranks, len(tail))] = tail[:ranks]
