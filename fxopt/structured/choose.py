@@ -67,7 +67,7 @@ SEARCH_ITERATIONS = 10
 
 FLOOR_SLACK = 1e-4
 """A rank is ruled out by BLAST's error bound only when the bound exceeds the budget by this relative margin (the
-fits measure their errors in the weight's precision, the bound is computed in float64)."""
+fits measure their errors in the weight's precision, the bound comes from float32 singular values at least)."""
 
 Refusals = list[tuple[str, str]]
 
