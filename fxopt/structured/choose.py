@@ -6,9 +6,15 @@ closed form allows it:
 - a ranked block-low-rank structure (low-rank, Monarch, BTT) takes the smallest rank whose error is within
   ``max_error``, read from one batched SVD (``error_by_rank``); without an error budget, the largest rank the size
   caps allow;
-- BLAST takes the smallest rank within the budget by bisection over fits, between 1 and b times the Monarch rank
-  within the budget (BLAST starts from that Monarch fit, so that rank is enough);
+- BLAST takes the smallest rank within the budget by bisection over fits, between the smallest rank a singular-value
+  bound does not rule out (``bounds``) and b times the Monarch rank within the budget (BLAST starts from that
+  Monarch fit, so that rank is enough);
 - block-diagonal has no rank.
+
+Before any SVD or fit, a ranked structure that is not predicted faster than the dense layer even at rank 1 is
+refused (time grows with rank), and a BLAST structure whose error bound exceeds the budget at its largest admissible
+rank is refused without fitting. Error curves and predicted times are computed once per layer and shared between
+the structures that need them (BLAST's search reads the Monarch curve of its block count).
 
 A structure is refused when its rank exceeds what the caps (``params``, ``flops``: fractions of the dense layer's)
 allow, or when it would not be smaller than the dense layer. Each remaining candidate is timed against the dense
@@ -24,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -33,6 +39,7 @@ from fxopt.analysis.cost import Roofline
 from fxopt.structured.base import Structure, StructuredLinear
 from fxopt.structured.blast import Blast
 from fxopt.structured.blockdiag import BlockDiagonal
+from fxopt.structured.bounds import blast_error_floor
 from fxopt.structured.btt import BTT
 from fxopt.structured.calibration import InputStats, Scaling
 from fxopt.structured.conv import ChannelLinear
@@ -57,6 +64,10 @@ BLOCKED = frozenset({"blockdiag", "monarch", "blast"})
 
 SEARCH_ITERATIONS = 10
 """BLAST iterations of each fit in the rank search (the chosen rank is then fitted with the structure's own)."""
+
+FLOOR_SLACK = 1e-4
+"""A rank is ruled out by BLAST's error bound only when the bound exceeds the budget by this relative margin (the
+fits measure their errors in the weight's precision, the bound comes from float32 singular values at least)."""
 
 Refusals = list[tuple[str, str]]
 
@@ -184,6 +195,42 @@ class Refusal:
         return f"{self.category}: {self.reason}"
 
 
+@dataclass
+class _Memo:
+    """What one ``choose`` call computes at most once per structure: predicted candidates, error curves, and
+    BLAST's error bounds."""
+
+    site: Site
+    target: Roofline | None
+    options: Options
+    stats: InputStats | None
+    dense_s: float
+    candidates: dict[Structure, Candidate] = field(default_factory=dict)
+    curves: dict[Structure, torch.Tensor] = field(default_factory=dict)
+    floors: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def candidate(self, structure: Structure) -> Candidate:
+        """``structure`` with its parameters, FLOPs and predicted time."""
+        if structure not in self.candidates:
+            self.candidates[structure] = _candidate(self.site, structure, self.target)
+        return self.candidates[structure]
+
+    def curve(self, structure: Structure) -> torch.Tensor:
+        """The error of ``structure``'s family at every rank (``error_by_rank``)."""
+        key = dataclasses.replace(structure, rank=1)  # type: ignore[type-var]  # structures are dataclasses
+        if key not in self.curves:
+            self.curves[key] = error_by_rank(self.site.weight, key, activations=self.stats,
+                                             scaling=self.options.scaling)
+        return self.curves[key]
+
+    def floor(self, blast: Blast) -> torch.Tensor:
+        """The lower bound on every BLAST fit's error at each rank, for ``blast``'s block count."""
+        if blast.blocks not in self.floors:
+            grid = None if self.stats is not None else self.curve(Monarch(blast.blocks, 1))
+            self.floors[blast.blocks] = blast_error_floor(self.site.weight, blast.blocks, self.stats, grid)
+        return self.floors[blast.blocks]
+
+
 def budget_error(report: FitReport) -> float:
     """The error the budget bounds: the output error on calibration data when there was any, else the weight
     error."""
@@ -217,7 +264,8 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
     dense_s = layer_time(site.dense, site.input_shape, target, site.weight.dtype) if target else math.nan
     # the predicted dense time a candidate must beat (not when measuring: measured times are taken once, below)
     bound = _dense_time(site, dense_s) if options.speed_gate and not options.measure else math.inf
-    candidates = _candidates(site, options, stats, target, bound, refused)
+    memo = _Memo(site, target, options, stats, dense_s)
+    candidates = _candidates(memo, bound, refused)
     if not candidates:
         return _refusal(refused, "unsupported", "no structure fits the shape")
     dense_ms = None
@@ -232,20 +280,22 @@ def choose(site: Site, options: Options, target: Roofline | None, stats: InputSt
                                          f"{_show_dense(site, dense_s, dense_ms)}{_where(target, options)}")
         candidates = faster
     for candidate in sorted(candidates, key=_time):
-        done = _fit(site, candidate, options, stats, target, bound, refused)
+        done = _fit(memo, candidate, bound, refused)
         if done is not None:
             layer, report, fitted = done
             return Choice(layer, report, fitted, dense_s, dense_ms)
     return _refusal(refused, "over budget", "no candidate held its error after fitting")
 
 
-def _candidates(site: Site, options: Options, stats: InputStats | None, target: Roofline | None, bound: float,
-                refused: Refusals) -> list[Candidate]:
+def _candidates(memo: _Memo, bound: float, refused: Refusals) -> list[Candidate]:
     """Every structure with its rank settled.
 
-    BLAST comes last and its rank search fits: when gating on predictions, it only searches ranks fast enough to
-    beat both ``bound`` (the dense time) and the candidates found before it.
+    When gating on predictions, a ranked structure not faster than ``bound`` (the dense time) at rank 1 is refused
+    before its SVD. BLAST comes last and its rank search fits: it is refused without fitting when its error bound
+    exceeds the budget, and only searches ranks fast enough to beat both ``bound`` and the candidates found before
+    it.
     """
+    site, options = memo.site, memo.options
     m, n = site.weight.shape
     found: list[Candidate] = []
     for family in options.families():
@@ -256,16 +306,24 @@ def _candidates(site: Site, options: Options, stats: InputStats | None, target: 
             except StructureError as exc:
                 refused.append(("unsupported", str(exc)))
                 continue
+            if isinstance(base, GridStructure) and _time(memo.candidate(base)) >= bound:
+                refused.append(("not faster", f"{_family(base, m, n)} is not faster than the dense layer even at "
+                                              f"rank 1: {_show_time(memo.candidate(base))} vs dense "
+                                              f"{_show_dense(site, memo.dense_s, None)}{_where(memo.target, options)}"))
+                continue
             fastest = None
             if isinstance(base, Blast) and not options.measure:
-                fastest = _fastest_rank(site, base, target, min([bound, *map(_time, found)]))
-                if fastest < 1:
+                limit = min([bound, *map(_time, found)])
+                if _time(memo.candidate(base)) >= limit:  # base has rank 1
                     refused.append(("not faster", f"{_family(base, m, n)} is not faster than the dense layer or "
                                                   f"the other candidates at any rank"))
                     continue
-            structure = _settle_rank(site, base, options, stats, refused, fastest)
+                if _blast_out_of_reach(memo, base, refused):
+                    continue
+                fastest = _fastest_rank(memo, base, limit)
+            structure = _settle_rank(memo, base, refused, fastest)
             if structure is not None:
-                found.append(_candidate(site, structure, target))
+                found.append(memo.candidate(structure))
     return found
 
 
@@ -278,21 +336,59 @@ def _candidate(site: Site, structure: Structure, target: Roofline | None) -> Can
     return Candidate(structure.resolved(m, n), core.num_parameters, core.flops(1), predicted)
 
 
-def _fastest_rank(site: Site, base: Blast, target: Roofline | None, limit: float) -> int:
+def _fastest_rank(memo: _Memo, base: Blast, limit: float) -> int:
     """The largest rank at which ``base`` is predicted faster than ``limit`` (0: none; time grows with rank)."""
-    m, n = site.weight.shape
+    m, n = memo.site.weight.shape
     low, high = 0, _max_rank(base, m, n) + 1  # faster at low (rank 0: vacuous), not at high
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if _time(_candidate(site, base.with_rank(mid), target)) < limit \
-            else (low, mid)
+        low, high = (mid, high) if _time(memo.candidate(base.with_rank(mid))) < limit else (low, mid)
     return low
 
 
-def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStats | None, refused: Refusals,
-                 limit: int | None = None) -> Structure | None:
+def _rank_cap(site: Site, base: Structure, options: Options) -> int:
+    """The largest rank of ``base`` within the caps and smaller than the dense layer (below 1: none)."""
+    m, n = site.weight.shape
+    bias = m if site.bias is not None else 0
+    unit = base.build(m, n, bias=False, device="meta").structure_parameters  # params per unit of rank
+    cap = min(_max_rank(base, m, n), (m * n - 1) // unit)  # a structure must be smaller than the dense layer
+    if options.params is not None:
+        cap = min(cap, math.floor(options.params * m * n / unit))
+    if options.flops is not None:
+        cap = min(cap, math.floor((options.flops * (2 * m * n + bias) - bias) / (2 * unit)))
+    return cap
+
+
+def _blast_out_of_reach(memo: _Memo, base: Blast, refused: Refusals) -> bool:
+    """Whether no BLAST fit of ``base``'s block count can meet the error budget within the caps, by the
+    singular-value bound (``bounds``), before any fit; the reason is appended to ``refused``."""
+    site, options = memo.site, memo.options
+    m, n = site.weight.shape
+    cap = _rank_cap(site, base, options)
+    if options.max_error is None or cap < 1:
+        return False  # nothing to rule out: the caps set the rank, or _settle_rank refuses with its reason
+    high = _blast_high(memo, base, cap)
+    floor = float(memo.floor(base)[high])
+    if floor <= options.max_error * (1 + FLOOR_SLACK):
+        return False
+    refused.append(("over budget", f"{_family(base, m, n)} at rank {high} has error at least {floor:.3g} > "
+                                   f"{options.max_error:g} (singular-value bound, no fit){_caps(options)}"))
+    return True
+
+
+def _blast_high(memo: _Memo, base: Blast, cap: int) -> int:
+    """The highest rank BLAST's search tries: b times the Monarch rank within the budget (BLAST starts from that
+    Monarch fit), at most ``cap``."""
+    assert memo.options.max_error is not None
+    monarch = memo.curve(Monarch(base.blocks, 1))
+    within = (monarch[1:] <= memo.options.max_error).nonzero()
+    return min(cap, base.blocks * (int(within[0]) + 1)) if len(within) else cap
+
+
+def _settle_rank(memo: _Memo, base: Structure, refused: Refusals, limit: int | None = None) -> Structure | None:
     """``base`` with the rank the budget and caps call for, at most ``limit`` (a BLAST search's), or ``None``
     (the reason appended to ``refused``)."""
+    site, options = memo.site, memo.options
     m, n = site.weight.shape
     bias = m if site.bias is not None else 0
     if isinstance(base, BlockDiagonal):  # no rank, one size
@@ -304,11 +400,7 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
         return base
     unit = base.build(m, n, bias=False, device="meta").structure_parameters  # params per unit of rank
     most = _max_rank(base, m, n)
-    cap = min(most, (m * n - 1) // unit)  # a structure must be smaller than the dense layer
-    if options.params is not None:
-        cap = min(cap, math.floor(options.params * m * n / unit))
-    if options.flops is not None:
-        cap = min(cap, math.floor((options.flops * (2 * m * n + bias) - bias) / (2 * unit)))
+    cap = _rank_cap(site, base, options)
     if cap < 1:
         category = "no saving" if (m * n - 1) // unit < 1 else "over budget"
         refused.append((category, f"{_family(base, m, n)} at rank 1 keeps {unit / (m * n):.2f}x the dense parameters"
@@ -317,8 +409,8 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
     if options.max_error is None:
         return base.with_rank(cap)
     if isinstance(base, Blast):
-        return _blast_rank(site, base, options, stats, cap if limit is None else min(cap, limit), refused)
-    errors = error_by_rank(site.weight, base, activations=stats, scaling=options.scaling)
+        return _blast_rank(memo, base, cap if limit is None else min(cap, limit), refused)
+    errors = memo.curve(base)
     within = (errors[1:] <= options.max_error).nonzero()
     need = int(within[0]) + 1 if len(within) else most
     if need > cap:
@@ -329,17 +421,20 @@ def _settle_rank(site: Site, base: Structure, options: Options, stats: InputStat
     return base.with_rank(need)
 
 
-def _blast_rank(site: Site, base: Blast, options: Options, stats: InputStats | None, cap: int,
-                refused: Refusals) -> Blast | None:
-    """The smallest BLAST rank within the budget, by bisection over fits (Monarch's rank bounds it)."""
+def _blast_rank(memo: _Memo, base: Blast, cap: int, refused: Refusals) -> Blast | None:
+    """The smallest BLAST rank within the budget, by bisection over fits, between the singular-value bound and
+    Monarch's rank."""
+    site, options, stats = memo.site, memo.options, memo.stats
     assert options.max_error is not None
     max_error: float = options.max_error
     m, n = site.weight.shape
-    monarch = error_by_rank(site.weight, Monarch(base.blocks, 1), activations=stats, scaling=options.scaling)
-    within = (monarch[1:] <= options.max_error).nonzero()
-    high = min(cap, base.blocks * (int(within[0]) + 1)) if len(within) else cap
+    high = _blast_high(memo, base, cap)
+    floor = memo.floor(base)
+    reachable = options.max_error * (1 + FLOOR_SLACK)
 
     def ok(rank: int) -> bool:  # refinement never raises the error: a short search fit bounds the full one
+        if float(floor[rank]) > reachable:
+            return False  # no fit of this rank can meet the budget
         search = dataclasses.replace(base, rank=rank, max_iter=min(base.max_iter, SEARCH_ITERATIONS))
         report = fit(site.weight, search, activations=stats, scaling=options.scaling).report
         return budget_error(report) <= max_error
@@ -348,17 +443,20 @@ def _blast_rank(site: Site, base: Blast, options: Options, stats: InputStats | N
         refused.append(("over budget", f"{_family(base, m, n)} at rank {high} has error above {options.max_error:g}"
                                        f"{_caps(options)}"))
         return None
-    low = 0  # ok(low) is false (rank 0 keeps nothing), ok(high) is true
+    # ok(low) is false (rank 0 keeps nothing, nor does a rank the bound rules out), ok(high) is true
+    ruled_out = (floor[: high + 1] > reachable).nonzero()
+    low = int(ruled_out.max()) if len(ruled_out) else 0
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if ok(mid) else (mid, high)
     return dataclasses.replace(base, rank=high)
 
 
-def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats | None, target: Roofline | None,
-         bound: float, refused: Refusals) -> tuple[nn.Module, FitReport, Candidate] | None:
+def _fit(memo: _Memo, candidate: Candidate, bound: float,
+         refused: Refusals) -> tuple[nn.Module, FitReport, Candidate] | None:
     """Fit the candidate; grow a grid's rank while the output error on the data exceeds the budget, as long as the
     larger layer stays within the caps and (predicted) faster than ``bound``."""
+    site, options, stats = memo.site, memo.options, memo.stats
     m, n = site.weight.shape
     while True:
         result = fit(site.weight, candidate.structure, site.bias, activations=stats, scaling=options.scaling)
@@ -370,8 +468,14 @@ def _fit(site: Site, candidate: Candidate, options: Options, stats: InputStats |
         if not isinstance(structure, GridStructure) or structure.rank >= _max_rank(structure, m, n):
             refused.append(("over budget", failed))
             return None
+<<<<<<< HEAD
         bigger = structure.with_rank(min(_max_rank(structure, m, n), structure.rank + max(1, structure.rank // 4)))
         candidate = _candidate(site, bigger, target)
+=======
+        bigger = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n),  # type: ignore[type-var]
+                                                         structure.rank + max(1, structure.rank // 4)))
+        candidate = memo.candidate(bigger)
+>>>>>>> quality
         if _over_cap(site, candidate.params - (m if site.bias is not None else 0), candidate.flops, options):
             refused.append(("over budget", f"{failed}; a larger rank breaks the caps or saves nothing"))
             return None

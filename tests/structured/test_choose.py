@@ -3,6 +3,7 @@ rank search, the speed model's view of a forward."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -50,3 +51,21 @@ def test_forward_ops_sees_the_copies_a_flop_count_misses() -> None:
     matmul = sum(float(op.flops) for op in ops if op.category == "matmul")
     assert matmul == 2 * 8 * layer.macs_per_token
     assert [op.kind for op in forward_ops(nn.Linear(64, 64, device="meta"), (8, 64))] == ["addmm"]
+
+
+def test_choose_slower_at_rank_one_refused_before_any_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One token through a 128x128 layer on an H100 is launch-bound: no rank of any ranked structure can win, so no
+    error curve is computed."""
+    from fxopt.structured import choose as choose_module
+    from fxopt.targets import get_target
+
+    def no_svd(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an error curve was computed for a structure refused on speed")
+
+    monkeypatch.setattr(choose_module, "error_by_rank", no_svd)
+    layer = nn.Linear(128, 128)
+    site = Site(layer, layer.weight.detach(), layer.bias.detach(), (1, 128))
+    for structure in ("lowrank", "monarch", "btt"):
+        refusal = choose(site, Options(structure=structure, blocks=(4,)), get_target("h100"))
+        assert isinstance(refusal, Refusal) and refusal.category == "not faster", refusal
+        assert "even at rank 1" in refusal.reason and refusal.reason.endswith("on h100")

@@ -11,8 +11,8 @@ import torch
 import fxopt.structured as structured
 
 MODULES = ["fxopt.structured", *(f"fxopt.structured.{name}" for name in
-                                 ("calibration", "lowrank", "blockdiag", "monarch", "btt", "blast", "fit", "conv", "speed",
-                                  "choose"))]
+                                 ("calibration", "lowrank", "blockdiag", "monarch", "btt", "blast", "fit", "conv",
+                                  "speed", "choose", "bounds"))]
 
 
 @pytest.mark.parametrize("name", MODULES)
