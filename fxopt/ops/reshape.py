@@ -108,9 +108,10 @@ def reads_changed_size(value: Any, resizer: Resizer, depth: int = 0) -> bool:
         if isinstance(src, fx.Node) and _is_whole_shape_read(src):
             t = ref_of(src.args[0])
             return t is not None and resizer.changed(t.axis(value.args[1]))
-    if value.op == "call_function" and value.target is torch.ops.aten.sym_size.int:  # export's size reads
+    if value.op == "call_function" and value.target is torch.ops.aten.sym_size.int \
+            and isinstance(value.args[1], int):  # export's size reads
         t = ref_of(value.args[0])
-        return t is not None and resizer.changed(t.axis(int(value.args[1])))
+        return t is not None and resizer.changed(t.axis(value.args[1]))
     if value.op == "call_method" and value.target == "size" and len(value.args) > 1 and isinstance(value.args[1], int):
         t = ref_of(value.args[0])
         return t is not None and resizer.changed(t.axis(value.args[1]))

@@ -217,7 +217,7 @@ class _Memo:
 
     def curve(self, structure: Structure) -> torch.Tensor:
         """The error of ``structure``'s family at every rank (``error_by_rank``)."""
-        key = dataclasses.replace(structure, rank=1)  # type: ignore[type-var]  # structures are dataclasses
+        key = structure.with_rank(1)
         if key not in self.curves:
             self.curves[key] = error_by_rank(self.site.weight, key, activations=self.stats,
                                              scaling=self.options.scaling)
@@ -468,14 +468,8 @@ def _fit(memo: _Memo, candidate: Candidate, bound: float,
         if not isinstance(structure, GridStructure) or structure.rank >= _max_rank(structure, m, n):
             refused.append(("over budget", failed))
             return None
-<<<<<<< HEAD
         bigger = structure.with_rank(min(_max_rank(structure, m, n), structure.rank + max(1, structure.rank // 4)))
-        candidate = _candidate(site, bigger, target)
-=======
-        bigger = dataclasses.replace(structure, rank=min(_max_rank(structure, m, n),  # type: ignore[type-var]
-                                                         structure.rank + max(1, structure.rank // 4)))
         candidate = memo.candidate(bigger)
->>>>>>> quality
         if _over_cap(site, candidate.params - (m if site.bias is not None else 0), candidate.flops, options):
             refused.append(("over budget", f"{failed}; a larger rank breaks the caps or saves nothing"))
             return None
