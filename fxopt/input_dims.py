@@ -46,7 +46,8 @@ def flat_tensors(inputs: Any) -> list[Any]:
 def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
     """The dims of ``inputs`` that the captured graph should keep symbolic.
 
-    Dim 0 of every tensor of one or more dims is a batch dim; dim 1 of an integer tensor of two or more dims is a
+    Dim 0 of every tensor of one or more dims is a batch dim, unless its size differs from the first tensor's
+    (a bias or mask of leading size 1 broadcast over the batch stays as traced); dim 1 of an integer tensor of two or more dims is a
     sequence dim (token ids, integer or boolean attention masks, position ids). Float dims past the batch
     (channels, pixels, features) stay as traced.
 
@@ -61,8 +62,12 @@ def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
         (InputDim(input=0, dim=0, kind='batch'), InputDim(input=0, dim=1, kind='sequence'))
     """
     dims: list[InputDim] = []
+    batch: int | None = None  # the first tensor's dim 0; an input of another leading size broadcasts against it
     for i, x in enumerate(flat_tensors(inputs)):
         if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.numel() == 0:  # an empty example cannot be tiled
+            continue
+        batch = x.shape[0] if batch is None else batch
+        if x.shape[0] != batch:
             continue
         dims.append(InputDim(i, 0, "batch"))
         if x.ndim >= 2 and not x.is_floating_point() and not x.is_complex():

@@ -79,12 +79,17 @@ class Masked(nn.Module):
 
 
 def test_dynamic_dims_batch_of_every_tensor_and_sequence_of_token_inputs():
-    ids, mask, image = torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool), torch.randn(2, 3, 4, 4)
+    ids, mask, image = torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool), torch.randn(1, 3, 4, 4)
     assert dynamic_dims((ids, mask, image, 3)) == (
         InputDim(0, 0, "batch"), InputDim(0, 1, "sequence"), InputDim(1, 0, "batch"), InputDim(1, 1, "sequence"),
         InputDim(2, 0, "batch"))
     assert spatial_dims((ids, image)) == (InputDim(1, 2, "spatial"), InputDim(1, 3, "spatial"))
     assert dynamic_dims((torch.tensor(3.0),)) == ()
+
+
+def test_dynamic_dims_leave_an_input_broadcast_over_the_batch_static():
+    q, bias = torch.randn(3, 2, 5, 4), torch.randn(1, 2, 5, 5)  # a bias of leading size 1 added to (3, 2, 5, 5)
+    assert dynamic_dims((q, q, bias)) == (InputDim(0, 0, "batch"), InputDim(1, 0, "batch"))
 
 
 def test_resized_tiles_and_cuts_the_example_values():
