@@ -47,9 +47,9 @@ def dynamic_dims(inputs: Any) -> tuple[InputDim, ...]:
     """The dims of ``inputs`` that the captured graph should keep symbolic.
 
     Dim 0 of every tensor of one or more dims is a batch dim, unless its size differs from the first tensor's
-    (a bias or mask of leading size 1 broadcast over the batch stays as traced); dim 1 of an integer tensor of two or more dims is a
-    sequence dim (token ids, integer or boolean attention masks, position ids). Float dims past the batch
-    (channels, pixels, features) stay as traced.
+    (a bias or mask of leading size 1 broadcast over the batch stays as traced); dim 1 of an integer tensor of
+    two or more dims is a sequence dim (token ids, integer or boolean attention masks, position ids). Float dims
+    past the batch (channels, pixels, features) stay as traced.
 
     Args:
         inputs: the example inputs, a tensor or a (nested) tuple of them.
