@@ -272,24 +272,31 @@ def _einsum_tails(view: OpView) -> tuple[str, str, str] | None:
     return (a, b, o) if len(letters) == 3 and not letters & set(out[:-2]) else None
 
 
-def _scores_product(view: OpView | None) -> bool:
-    """``q @ k^T`` (a matmul, whose second operand is k^T) or ``einsum("...id,...jd->...ij", q, k)``."""
+def _product_of_activations(view: OpView | None, fits: Callable[[str, str, str], bool]) -> bool:
+    """A matmul of two activations, or an einsum of two whose operand and output tails ``fits`` accepts.
+
+    Args:
+        view: the node's view (``None``: not an op).
+        fits: called with the last two letters of the two operands and of the output (``_einsum_tails``).
+
+    Returns:
+        Whether the view is such a product.
+    """
     if not _of_activations(view):
         return False
     assert view is not None
     tails = _einsum_tails(view) if view.kind == "einsum" else None
-    return view.kind == "matmul" or (tails is not None and tails[0][1] == tails[1][1]
-                                     and tails[2] == tails[0][0] + tails[1][0])
+    return view.kind == "matmul" or (tails is not None and fits(*tails))
+
+
+def _scores_product(view: OpView | None) -> bool:
+    """``q @ k^T`` (a matmul, whose second operand is k^T) or ``einsum("...id,...jd->...ij", q, k)``."""
+    return _product_of_activations(view, lambda a, b, o: a[1] == b[1] and o == a[0] + b[0])
 
 
 def _weighted_sum(view: OpView | None) -> bool:
     """``weights @ v`` (a matmul) or ``einsum("...ij,...jd->...id", weights, v)``."""
-    if not _of_activations(view):
-        return False
-    assert view is not None
-    tails = _einsum_tails(view) if view.kind == "einsum" else None
-    return view.kind == "matmul" or (tails is not None and tails[0][1] == tails[1][0]
-                                     and tails[2] == tails[0][0] + tails[1][1])
+    return _product_of_activations(view, lambda a, b, o: a[1] == b[0] and o == a[0] + b[1])
 
 
 def _back_to_scores(node: fx.Node, gm: fx.GraphModule, depth: int = 0) -> tuple[OpView, list[Step]] | None:
