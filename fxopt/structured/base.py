@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import torch
 import torch.nn as nn
 
-from fxopt.ops.structured import FactorLayout
+from fxopt.ops.structured import Factor, FactorLayout
 from fxopt.structured.calibration import InputTransform
 from fxopt.structured.errors import StructureError
 
@@ -41,9 +42,10 @@ def dense_flops(out_features: int, in_features: int, tokens: int = 1, bias: bool
 class StructuredLinear(nn.Module, abc.ABC):
     """A linear layer ``y = x W^T + b`` over the last dimension whose weight W (m x n) has a structure.
 
-    Subclasses store W's factors as parameters, define ``forward`` without forming W, and give their exact cost.
-    The feature counts are read from the factors' shapes, so a layer whose factors were sliced within their blocks
-    (channel pruning, see ``factor_layout``) stays consistent without any attribute to rewrite.
+    Subclasses store W's factors as parameters (and nothing else but the bias), define ``forward`` without forming
+    W, and say in ``factor_layout`` where the features live. The feature counts and the cost (one multiply-add per
+    token and stored factor element) are read from the factors' shapes, so a layer whose factors were sliced within
+    their blocks (channel pruning) stays consistent without any attribute to rewrite.
 
     Attributes:
         bias: the (m,) bias, or ``None``.
@@ -64,16 +66,6 @@ class StructuredLinear(nn.Module, abc.ABC):
 
     @property
     @abc.abstractmethod
-    def in_features(self) -> int:
-        """n, the size of the input's last dimension (read from the factors)."""
-
-    @property
-    @abc.abstractmethod
-    def out_features(self) -> int:
-        """m, the size of the output's last dimension (read from the factors)."""
-
-    @property
-    @abc.abstractmethod
     def factor_layout(self) -> FactorLayout:
         """Where the input and output features live in the factors, for fxopt's channel rule."""
 
@@ -83,14 +75,24 @@ class StructuredLinear(nn.Module, abc.ABC):
         """The structure (options) this layer has; ``structure.build`` makes an empty layer like it."""
 
     @property
-    @abc.abstractmethod
-    def macs_per_token(self) -> int:
-        """Multiply-adds of ``forward`` for one input row, without the bias."""
+    def in_features(self) -> int:
+        """n, the size of the input's last dimension: the product of the input factors' sizes."""
+        return self._features(self.factor_layout.inputs)
 
     @property
-    @abc.abstractmethod
+    def out_features(self) -> int:
+        """m, the size of the output's last dimension: the product of the output factors' sizes."""
+        return self._features(self.factor_layout.outputs)
+
+    @property
     def structure_parameters(self) -> int:
-        """Number of stored weight parameters (the factors, without the bias)."""
+        """Number of stored weight parameters: every parameter of the layer but the bias."""
+        return sum(p.numel() for name, p in self.named_parameters(recurse=False) if name != "bias")
+
+    @property
+    def macs_per_token(self) -> int:
+        """Multiply-adds of ``forward`` for one input row, without the bias: one per stored factor element."""
+        return self.structure_parameters
 
     @abc.abstractmethod
     def to_dense(self) -> torch.Tensor:
@@ -124,6 +126,13 @@ class StructuredLinear(nn.Module, abc.ABC):
 
     def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias
+
+    def _layout(self, inputs: tuple[Factor, ...], outputs: tuple[Factor, ...]) -> FactorLayout:
+        """A layout over this layer's own factors, naming its bias when it has one."""
+        return FactorLayout(inputs, outputs, "bias" if self.bias is not None else None)
+
+    def _features(self, factors: tuple[Factor, ...]) -> int:
+        return math.prod(getattr(self, f.param).shape[f.dim] for f in factors)
 
 
 @dataclass(frozen=True)

@@ -148,34 +148,17 @@ class BlastLinear(StructuredLinear):
         return Blast(self.blocks, self.rank)
 
     @property
-    def in_features(self) -> int:
-        return self.v.shape[0] * self.v.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.u.shape[0] * self.u.shape[1]
-
-    @property
     def factor_layout(self) -> FactorLayout:
         """Inputs are (block-column, row) of V, outputs (block-row, row) of U; block counts and rank are fixed."""
         fixed = "blocks of a BlastLinear are fixed (rows and columns within blocks are prunable)"
-        return FactorLayout((Factor("v", 0, fixed), Factor("v", 1)), (Factor("u", 0, fixed), Factor("u", 1)),
-                            "bias" if self.bias is not None else None)
-
-    @property
-    def macs_per_token(self) -> int:
-        return self.rank * (self.out_features + self.in_features + self.blocks ** 2)
-
-    @property
-    def structure_parameters(self) -> int:
-        return self.rank * (self.out_features + self.in_features + self.blocks ** 2)
+        return self._layout((Factor("v", 0, fixed), Factor("v", 1)), (Factor("u", 0, fixed), Factor("u", 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if layer_uses_ops(x):
             return self._add_bias(torch.ops.fxopt.blast(x, self.u, self.s, self.v))
         lead, b = x.shape[:-1], self.blocks
-        y = blast_rank_major(x.reshape(-1, b, self.in_features // b), self.u, self.s, self.v)
-        return self._add_bias(y.reshape(*lead, self.out_features))
+        y = blast_rank_major(x.reshape(-1, b, self.v.shape[1]), self.u, self.s, self.v)
+        return self._add_bias(y.reshape(*lead, b * self.u.shape[1]))
 
     def to_dense(self) -> torch.Tensor:
         return uncut(torch.einsum("ijr,ipr,jqr->ijpq", self.s, self.u, self.v))

@@ -126,28 +126,11 @@ class BlockDiagonalLinear(StructuredLinear):
         return BlockDiagonal(self.blocks)
 
     @property
-    def in_features(self) -> int:
-        return self.weight.shape[0] * self.weight.shape[2]
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0] * self.weight.shape[1]
-
-    @property
     def factor_layout(self) -> FactorLayout:
         """Inputs are (block, column), outputs (block, row) of the weight; the block count is fixed."""
         block = Factor("weight", 0, "blocks of a BlockDiagonalLinear are fixed (rows and columns within blocks are "
                                     "prunable)")
-        return FactorLayout((block, Factor("weight", 2)), (block, Factor("weight", 1)),
-                            "bias" if self.bias is not None else None)
-
-    @property
-    def macs_per_token(self) -> int:
-        return self.out_features * self.in_features // self.blocks
-
-    @property
-    def structure_parameters(self) -> int:
-        return self.out_features * self.in_features // self.blocks
+        return self._layout((block, Factor("weight", 2)), (block, Factor("weight", 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if layer_uses_ops(x):

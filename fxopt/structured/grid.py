@@ -180,14 +180,6 @@ class GridLinear(GridLayer):
         nn.init.normal_(self.left, std=1 / math.sqrt(self.left.shape[-1]))
 
     @property
-    def in_features(self) -> int:
-        return self.right.shape[0] * self.right.shape[2]
-
-    @property
-    def out_features(self) -> int:
-        return self.left.shape[0] * self.left.shape[1]
-
-    @property
     def factor_layout(self) -> FactorLayout:
         """Inputs are (block-column, column) of ``right``, outputs (block-row, row) of ``left`` (row first when
         shuffled); the block counts are fixed, rows and columns within blocks are channels."""
@@ -196,26 +188,16 @@ class GridLinear(GridLayer):
         block_cols = Factor("right", 0, f"block-columns of a {name} are fixed (columns within blocks are prunable)")
         rows = (Factor("left", 1), block_rows) if self.shuffle else (block_rows, Factor("left", 1))
         cols = (Factor("right", 2), block_cols) if self.in_blocked else (block_cols, Factor("right", 2))
-        return FactorLayout(cols, rows, "bias" if self.bias is not None else None)
-
-    @property
-    def macs_per_token(self) -> int:
-        return self.rank * (self.rows * self.in_features + self.cols * self.out_features)
-
-    @property
-    def structure_parameters(self) -> int:
-        return self.rank * (self.rows * self.in_features + self.cols * self.out_features)
+        return self._layout(cols, rows)
 
     def _left4(self) -> torch.Tensor:
         return self.left.reshape(self.rows, -1, self.cols, self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-        if layer_uses_ops(x):
-            y = torch.ops.fxopt.monarch(x2, self.right, self.left, self.rank, self.shuffle, self.in_blocked)
-            return self._add_bias(y.reshape(*lead, self.out_features))
-        y = monarch_bmm(x2, self.right, self.left, self.rank, self.shuffle, self.in_blocked)
-        return self._add_bias(y.reshape(*lead, self.out_features))
+        product = torch.ops.fxopt.monarch if layer_uses_ops(x) else monarch_bmm
+        y = product(x2, self.right, self.left, self.rank, self.shuffle, self.in_blocked)
+        return self._add_bias(y.reshape(*lead, y.shape[-1]))
 
     def to_dense(self) -> torch.Tensor:
         right = self.right.reshape(self.cols, self.rows, self.rank, -1)

@@ -102,25 +102,9 @@ class LowRankLinear(GridLayer):
         return LowRank(self.rank)
 
     @property
-    def in_features(self) -> int:
-        return self.v.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.u.shape[0]
-
-    @property
     def factor_layout(self) -> FactorLayout:
         """Inputs are V's columns, outputs U's rows; the rank between them is not a channel."""
-        return FactorLayout((Factor("v", 1),), (Factor("u", 0),), "bias" if self.bias is not None else None)
-
-    @property
-    def macs_per_token(self) -> int:
-        return self.rank * (self.in_features + self.out_features)
-
-    @property
-    def structure_parameters(self) -> int:
-        return self.rank * (self.in_features + self.out_features)
+        return self._layout((Factor("v", 1),), (Factor("u", 0),))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if layer_uses_ops(x):
