@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, Generic, Self, TypeVar, overload
 
 from fxopt.errors import FxoptError
@@ -45,6 +45,16 @@ class Registry(Generic[T]):
         """Make ``value`` available as ``key`` (replacing an earlier entry) and return it."""
         self.entries[key] = value
         return value
+
+    def decorator(self, *keys: Any) -> Callable[[T], T]:
+        """A decorator that registers what it decorates under each of ``keys`` and returns it unchanged."""
+
+        def add(value: T) -> T:
+            for key in keys:
+                self.register(key, value)
+            return value
+
+        return add
 
     @overload
     def get(self, key: Any) -> T: ...

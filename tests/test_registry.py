@@ -31,6 +31,16 @@ def test_registry_scoped_drops_registrations_and_restores_removals() -> None:
     assert shapes.names() == ["square"] and "circle" not in shapes and len(shapes) == 1
 
 
+def test_registry_decorator_registers_under_every_key_and_returns_the_function() -> None:
+    handlers: Registry[object] = Registry("handler")
+
+    @handlers.decorator("add", "sum")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(1, 2) == 3 and handlers["add"] is add and handlers["sum"] is add and handlers.names() == ["add", "sum"]
+
+
 @pytest.mark.parametrize("table, kind", [
     (PASSES.passes, "pass"), (CRITERIA.factories, "criterion"), (TARGETS.factories, "target"),
     (REGISTRY.rules, "channel rule"),

@@ -66,16 +66,8 @@ def monarch_reference(x: torch.Tensor, right: torch.Tensor, left: torch.Tensor, 
                       shuffle: bool = False, shuffle_in: bool = False) -> torch.Tensor:
     """The op's result in plain torch (two einsums), the reference tests and benchmarks compare against.
 
-    Args:
-        x: (..., cols q).
-        right: (cols, rows r, q).
-        left: (rows, p, cols r).
-        rank: r.
-        shuffle: output in (p, rows) order.
-        shuffle_in: input in (q, cols) order.
-
-    Returns:
-        (..., rows p).
+    The arguments are ``monarch_bmm``'s, except that ``x`` may have any leading dimensions: (..., cols q) gives
+    (..., rows p).
     """
     return _einsum(x.reshape(-1, x.shape[-1]), right, left, rank, shuffle, shuffle_in).reshape(*x.shape[:-1], -1)
 

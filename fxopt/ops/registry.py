@@ -70,12 +70,7 @@ class OpRegistry:
     def rewriter(self, *kinds: str) -> Callable[[Rewriter], Rewriter]:
         """Decorator registering the function that fixes a node of ``kinds`` after channels are removed."""
 
-        def deco(fn: Rewriter) -> Rewriter:
-            for kind in kinds:
-                self.rewriters.register(kind, fn)
-            return fn
-
-        return deco
+        return self.rewriters.decorator(*kinds)
 
     def cost(self, *kinds: str) -> Callable[[CostRule], CostRule]:
         """Decorator registering the cost function (FLOPs, bytes, category) of ``kinds``.
@@ -86,12 +81,7 @@ class OpRegistry:
             ...     return op_cost(view, sizes, "elementwise", 2 * out_numel(view, sizes))
         """
 
-        def deco(fn: CostRule) -> CostRule:
-            for kind in kinds:
-                self.costs.register(kind, fn)
-            return fn
-
-        return deco
+        return self.costs.decorator(*kinds)
 
     def cost_of(self, view: OpView, sizes: Sizes) -> OpCost:
         """The cost of a node: its kind's cost function, ``fxopt.ops.cost.default_cost`` for kinds without one."""

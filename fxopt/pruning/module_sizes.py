@@ -58,12 +58,7 @@ class SizeRules:
     def register(self, *classes: type) -> Callable[[SizeRule], SizeRule]:
         """Decorator: ``fn(module) -> Sizes`` is the rule for ``classes`` and their subclasses."""
 
-        def add(fn: SizeRule) -> SizeRule:
-            for cls in classes:
-                self.table.register(cls, fn)
-            return fn
-
-        return add
+        return self.table.decorator(*classes)
 
     def rule_for(self, module: nn.Module) -> SizeRule | None:
         """The rule of the nearest registered class in ``type(module).__mro__``, or None."""
