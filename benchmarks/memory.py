@@ -16,7 +16,7 @@ more than the model itself; the bar of issue 13 is 1.5x (one activation pass at 
 and is small here). ``optimize`` runs with ``compile=False`` (the graph passes, not Inductor's compilation).
 
 Run:
-    python benchmarks/memory.py [--scale 0.125] [--models mlp llama] [--steps analyze prune optimize]
+    python -m benchmarks.memory [--scale 0.125] [--models mlp llama] [--steps analyze prune optimize]
         [--mmap-threshold 1048576] [--json docs/memory.json]
 """
 

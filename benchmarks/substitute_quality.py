@@ -13,7 +13,7 @@ Reported per row: the metric (test accuracy in percent, or test cross-entropy in
 the replaced layers' parameters and FLOPs per token kept, the whole model's parameter share, and the mean weight
 and output error of the fits.
 
-Run: python benchmarks/substitute_quality.py [--quick] [--models mlp vit char_lm] [--out docs/substitute_quality.json]
+Run: python -m benchmarks.substitute_quality [--quick] [--models mlp vit char_lm] [--out docs/substitute_quality.json]
 
 Needs scikit-learn (in the ``dev`` extra). ``--quick`` (a test runs it) trains for seconds, not minutes.
 """

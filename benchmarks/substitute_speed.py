@@ -2,7 +2,7 @@
 
 Run: python -m benchmarks.substitute_speed [--device cpu|cuda] [--target cpu|h200|...] [--tokens 1 16 197 1024]
                                            [--dtype fp32|bf16] [--rounds 10] [--json out.json]
-     python benchmarks/substitute_speed.py --models vit_b_16 gpt2_small [--target cpu] [--compile] [--json out.json]
+     python -m benchmarks.substitute_speed --models vit_b_16 gpt2_small [--target cpu] [--compile] [--json out.json]
 
 For each weight shape (768x768, 3072x768 i.e. 768 -> 3072, and 768x3072 i.e. 3072 -> 768) and each token count,
 every structure at about a quarter of the dense layer's multiply-adds (low-rank, block-diagonal b=4, Monarch b=4,
