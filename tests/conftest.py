@@ -20,8 +20,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 import fxopt
-from fxopt.testing import assert_equivalent, check_zero_invariance
 from fxopt.equivalence import run
+from fxopt.testing import assert_equivalent, check_zero_invariance
 from fxopt.testing.zero_invariance import zero_producers
 
 

@@ -223,7 +223,8 @@ def test_cli_optimize_text_and_html_report_show_the_same_measurement(models_file
                              "--rounds", "3", "--report", "r.html")
     assert code == 0, err
     line = next(x for x in out.splitlines() if x.strip().startswith("measured:"))
-    text = re.search(r"measured: ([\d.]+) ms ±[\d.]+% -> ([\d.]+) ms ±[\d.]+%, ([\d.]+)x \(median of 3 interleaved", line)
+    pattern = r"measured: ([\d.]+) ms ±[\d.]+% -> ([\d.]+) ms ±[\d.]+%, ([\d.]+)x \(median of 3 interleaved"
+    text = re.search(pattern, line)
     assert text, line
     before, after, ratio = _card_figures((tmp_path / "r.html").read_text())
     assert float(before) == pytest.approx(float(text.group(1)), rel=5e-3, abs=5e-3)

@@ -203,11 +203,12 @@ def _tie_shared_tensors(gm: fx.GraphModule, facts: Facts) -> None:
         keys = [PARAM_PREFIX + n for n in group]
         for d in range(8):
             present = [k for k in keys if (k, d) in facts.vars]
-            if len(present) < 2:
+            if not present or len(keys) < 2:
                 continue
             first = Axis(present[0], d, facts.sizes[(present[0], d)])
-            for k in present[1:]:
-                facts.same(first, Axis(k, d, facts.sizes[(k, d)]))
+            for k in keys:  # a name no rule read (export's unused get_attr of the other name) is tied as well
+                if k != first.key:
+                    facts.same(first, Axis(k, d, first.size))
 
 
 TAG_PRECEDENCE = ("head_dim", "repeat", "head")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

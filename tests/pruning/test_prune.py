@@ -93,6 +93,25 @@ def test_prune_gqa_removes_kv_groups_with_their_query_heads() -> None:
     assert all(c.passed for c in check_zero_invariance(a, groups=_pruned_groups(a, report)))
 
 
+def test_prune_tied_embedding_llama_shrinks_the_hidden_width_and_keeps_the_tie() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, use_cache=False,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    small, report = prune(model, ids, ratio=0.5, approximate=True)  # hidden width crosses RMSNorm: approximate
+    hidden = [d for d in report.pruned if d.size == 32 and d.granularity == "channel"]
+    assert len(hidden) == 1 and hidden[0].removed == 16, report.decisions
+    tensors = dict(small.named_parameters(remove_duplicate=False))
+    assert tensors["lm_head.weight"] is tensors["model.embed_tokens.weight"]  # one tensor under both names
+    assert tensors["lm_head.weight"].shape == (64, 16)
+    out = small(ids)
+    logits = out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
+    assert logits.shape == (2, 8, 64) and torch.isfinite(logits).all()
+
+
 def test_prune_group_whose_removal_fails_is_reported_and_others_pruned(convnet) -> None:  # type: ignore[no-untyped-def]
     from fxopt.ops.registry import REGISTRY
 

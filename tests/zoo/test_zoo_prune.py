@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import fxopt
+from fxopt.equivalence import compare, tensors_of
 from fxopt.pruning import prune
 from fxopt.serialization import load, save
-from fxopt.equivalence import compare, tensors_of
 from fxopt.testing.zero_invariance import check_zero_invariance
 from fxopt.testing.zoo import ZooEntry, zoo_entries
 
