@@ -353,8 +353,10 @@ def coverage_one(name: str) -> dict[str, Any]:
 def _subprocess_row(args: list[str], timeout: int, failed: dict[str, Any], key: str) -> dict[str, Any]:
     """The JSON row printed by this script run with ``args`` in a subprocess (``failed`` plus the cause if not)."""
     try:
-        proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        # -P: without it this script's folder comes first on sys.path, and benchmarks/kernels.py would shadow the
+        # `kernels` package that transformers looks for.
+        proc = subprocess.run([sys.executable, "-P", __file__, *args], capture_output=True, text=True,
+                              timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {**failed, key: f"timeout after {timeout}s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
