@@ -397,7 +397,8 @@ def coverage_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [f"fxopt prune(ratio=0.5): **{ok}/{len(rows)}** models pruned, run, pass zero-invariance on the pruned "
              "groups and save/load" + (f"; Torch-Pruning MetaPruner(0.5): **{sum(bool(r['tp_ok']) for r in tp_rows)}"
                                       f"/{len(tp_rows)}**" if tp_rows else ""), "",
-             "| model | fxopt | params after | MACs after | groups pruned | granularities | zero-inv. | TP | TP params |",
+             "| model | fxopt | params after | MACs after | groups pruned | granularities | zero-inv. | TP "
+             "| TP params |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         status = "ok" if r.get("ok") else f"FAIL: {r.get('error') or r.get('zero_invariance_failures') or ''}"
